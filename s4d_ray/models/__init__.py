@@ -1,0 +1,1 @@
+"""PyTorch models of the pipeline, each loading its official checkpoint unchanged."""

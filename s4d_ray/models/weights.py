@@ -1,0 +1,46 @@
+"""Checkpoints from anywhere: local paths, `gs://`, `https://` (fsspec) into a local cache.
+
+Only safe formats are ever opened by callers: safetensors, `torch.load(weights_only=True)`,
+`np.load(allow_pickle=False)`, protobuf GraphDefs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from s4d_ray import fs
+
+
+class CheckpointError(ValueError):
+    """A file that is not the checkpoint a loader expects (names the URI and what is wrong)."""
+
+
+def cache_dir() -> Path:
+    """Cache folder: `$S4D_CACHE_DIR`, else `~/.cache/s4d_ray/weights`."""
+    root = os.environ.get("S4D_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "s4d_ray", "weights"
+    )
+    return Path(root)
+
+
+def cached_path(uri: str) -> Path:
+    """Local path of `uri`: the path itself when local, else a cached copy keyed by the URI."""
+    if fs.is_local(uri):
+        path = Path(uri.removeprefix("file://"))
+        if not path.exists():
+            raise CheckpointError(f"checkpoint {uri!r} does not exist")
+        return path
+    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    target = cache_dir() / f"{key}-{uri.rstrip('/').rsplit('/', 1)[-1]}"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source_fs, source_path = fs.filesystem(uri)
+        try:
+            with source_fs.open(source_path, "rb") as src, fs.open_atomic(str(target)) as dst:
+                while chunk := src.read(1 << 24):
+                    dst.write(chunk)
+        except FileNotFoundError as e:
+            raise CheckpointError(f"checkpoint {uri!r} not found") from e
+    return target

@@ -1,0 +1,78 @@
+"""Shared fixtures: a real GCS emulator on 127.0.0.1 and small synthetic VR180 clips."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """Start `gcp-storage-emulator` in memory on loopback; set STORAGE_EMULATOR_HOST for gcsfs."""
+    port = free_port()
+    exe = Path(sys.executable).parent / "gcp-storage-emulator"
+    proc = subprocess.Popen(
+        [str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory", "-q"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("gcp-storage-emulator did not start")
+    host = f"http://127.0.0.1:{port}"
+    previous = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = host
+    import gcsfs
+
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    yield host
+    proc.terminate()
+    proc.wait(10)
+    if previous is None:
+        os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    else:
+        os.environ["STORAGE_EMULATOR_HOST"] = previous
+    gcsfs.GCSFileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator, request):
+    """A fresh bucket in the emulator; yields `gs://<bucket>`."""
+    from s4d_ray import fs
+
+    name = "b" + request.node.name.lower().replace("_", "-")[:40].strip("-[]") + str(os.getpid())
+    name = "".join(ch for ch in name if ch.isalnum() or ch == "-")
+    gcs, _ = fs.filesystem(f"gs://{name}")
+    gcs.mkdir(name)
+    return f"gs://{name}"
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    """Two small synthetic VR180 clips (Stereo4D layout + ground truth), made once per run."""
+    from s4d_ray.synth import SynthConfig, synth_dataset
+
+    out = tmp_path_factory.mktemp("synth")
+    synth_dataset(str(out), SynthConfig(clips=2, frames=12, height=512, seed=7, tracks=600))
+    return out

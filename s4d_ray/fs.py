@@ -120,5 +120,11 @@ def list_files(uri_or_glob: str, suffix: str = "") -> list[str]:
         paths = [p for p in fs.ls(path, detail=False) if not fs.isdir(p)]
     else:
         paths = [path] if fs.exists(path) else []
-    local = is_local(uri_or_glob)
-    return [p if local else fs.unstrip_protocol(p) for p in sorted(paths) if p.endswith(suffix)]
+    if is_local(uri_or_glob):
+        return [p for p in sorted(paths) if p.endswith(suffix)]
+    protocol = fsspec.utils.get_protocol(uri_or_glob)
+    # fsspec roots memory:// paths at "/"; give them back in the form `join` builds
+    unstrip = (
+        (lambda p: f"memory://{p.lstrip('/')}") if protocol == "memory" else fs.unstrip_protocol
+    )
+    return [unstrip(p) for p in sorted(paths) if p.endswith(suffix)]

@@ -34,6 +34,12 @@ def _rectify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from jobs.process_clips import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="s4d", description="Stereo VR180 video to metric 4D training data (Stereo4D)."
@@ -62,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     rectify.add_argument("--output_folder", default="stereo4d_dataset/processed")
     rectify.add_argument("--output_hfov", type=float, default=60.0, help="degrees")
     rectify.set_defaults(func=_rectify)
+
+    from jobs.process_clips import add_arguments
+
+    run = sub.add_parser(
+        "run", help="the main job: process clips into 4D tracks on Ray (local or --address)"
+    )
+    add_arguments(run)
+    run.set_defaults(func=_run)
     return parser
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from s4d_ray import fs
+from s4d_ray.geometry import invert_poses
 from s4d_ray.ids import UnsafeIdError, validate_clip_id, validate_video_id
 
 RELEASE_FIELDS = (
@@ -78,9 +79,7 @@ class ClipRecord:
 
     def world2camera(self) -> np.ndarray:
         """[T,3,4] extrinsics, the inverse of camera2world."""
-        rot = np.transpose(self.camera2world[:, :, :3], (0, 2, 1))
-        trans = -rot @ self.camera2world[:, :, 3:]
-        return np.concatenate([rot, trans], axis=-1)
+        return invert_poses(self.camera2world)
 
     @staticmethod
     def sparse_from_dense(tracks: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:

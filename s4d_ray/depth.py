@@ -10,18 +10,15 @@ and a zero constant border, exactly as the reference's `inverse_warp`.
 
 from __future__ import annotations
 
-import math
-
 import cv2
 import numpy as np
 
+from s4d_ray.geometry import focal_length_px
+
 FB_THRESHOLD_PX = 1.0
 VERTICAL_FLOW_THRESHOLD_PX = 1.0
-
-
-def focal_length_px(width: int, hfov_deg: float) -> float:
-    """Focal length in pixels of a pinhole camera `width` px wide with horizontal fov `hfov_deg`."""
-    return width / math.tan(math.radians(hfov_deg / 2.0)) / 2.0
+EDGE_THRESHOLD = 0.03
+"""Relative depth gradient that marks a floating point on a depth edge (reference value)."""
 
 
 def warp_backward_flow(flow_bwd: np.ndarray, flow_fwd: np.ndarray) -> np.ndarray:
@@ -42,12 +39,27 @@ def warp_backward_flow(flow_bwd: np.ndarray, flow_fwd: np.ndarray) -> np.ndarray
     )
 
 
+def depth_edge_mask(depth: np.ndarray, threshold: float = EDGE_THRESHOLD) -> np.ndarray:
+    """Pixels [T,H,W] bool on a depth discontinuity ("floating points" of the reference).
+
+    A non-zero pixel is marked when the central difference of depth along x or y (edge
+    padded) exceeds `threshold` times its own depth; next to an invalid (0) pixel this always
+    holds, so valid regions also lose their one-pixel rim, as in the reference.
+    """
+    padded = np.pad(depth, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    grad_x = np.abs(padded[:, 1:-1, 2:] - padded[:, 1:-1, :-2])
+    grad_y = np.abs(padded[:, 2:, 1:-1] - padded[:, :-2, 1:-1])
+    limit = threshold * depth
+    return ((grad_x > limit) | (grad_y > limit)) & (depth != 0)
+
+
 def depth_from_flow(
     flow_fwd: np.ndarray,
     flow_bwd: np.ndarray,
     hfov_deg: float = 60.0,
     baseline_m: float = 0.063,
     max_depth_m: float = 20.0,
+    edge_threshold: float = EDGE_THRESHOLD,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Depth of the left eye from left→right and right→left flow.
 
@@ -57,6 +69,8 @@ def depth_from_flow(
         hfov_deg: horizontal field of view of the rectified camera.
         baseline_m: stereo baseline in metres.
         max_depth_m: depths above this are invalid.
+        edge_threshold: relative depth gradient above which a pixel is a floating point at a
+            depth discontinuity and invalid (reference `gradient_check_mask_relative`, 0.03).
 
     Returns:
         depth [T,H,W] float32 m (0 where invalid), valid [T,H,W] bool.
@@ -86,4 +100,6 @@ def depth_from_flow(
         )
         valid[t] = frame_valid
         depth[t] = np.where(frame_valid, frame_depth, 0.0)
+    valid &= ~depth_edge_mask(depth, edge_threshold)
+    depth[~valid] = 0.0
     return depth, valid

@@ -17,14 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-ADE20K_WALL = 1
-ADE20K_BUILDING = 2
-ADE20K_SKY = 3
-ADE20K_ROAD = 7
-ADE20K_SIDEWALK = 12
-ADE20K_EARTH = 14
-STATIC_LABELS = (ADE20K_WALL, ADE20K_BUILDING, ADE20K_ROAD, ADE20K_SIDEWALK, ADE20K_EARTH)
-SKY_LABELS = (ADE20K_SKY,)
+from s4d_ray.ade20k import SKY_LABELS, STATIC_LABELS
+
 DRIFT_THRESHOLD_PX = 5.0
 
 
@@ -64,8 +58,30 @@ def drift_filter(
         keep [N] bool, and reasons {"sky", "boundary", "drift"} → [N] bool (a track may have
         several reasons; keep = none of them).
     """
+    return filter_point_labels(
+        sample_labels(labels, tracks_2d),
+        visible,
+        motion,
+        static_labels=static_labels,
+        sky_labels=sky_labels,
+        drift_threshold_px=drift_threshold_px,
+    )
+
+
+def filter_point_labels(
+    point_labels: np.ndarray,
+    visible: np.ndarray,
+    motion: np.ndarray,
+    static_labels: tuple[int, ...] = STATIC_LABELS,
+    sky_labels: tuple[int, ...] = SKY_LABELS,
+    drift_threshold_px: float = DRIFT_THRESHOLD_PX,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """`drift_filter` on labels already sampled at the track points, `point_labels [N,T]`.
+
+    The pipeline samples labels inside the segmentation actor so that label maps
+    [T,H,W] never travel between stages.
+    """
     visible = np.asarray(visible, dtype=bool)
-    point_labels = sample_labels(labels, tracks_2d)
     on_static = np.isin(point_labels, static_labels)
     on_sky = np.isin(point_labels, sky_labels)
 

@@ -111,3 +111,10 @@ def project_points(
     with np.errstate(divide="ignore", invalid="ignore"):
         px = cam[..., :2] / z[..., None] * np.array([k[0, 0], k[1, 1]]) + k[:2, 2]
     return px, z
+
+
+def invert_poses(poses: np.ndarray) -> np.ndarray:
+    """Invert rigid poses [...,3,4] (e.g. camera2world -> world2camera extrinsics)."""
+    rot = np.swapaxes(poses[..., :3], -1, -2)
+    trans = -rot @ poses[..., 3:]
+    return np.concatenate([rot, trans], axis=-1)

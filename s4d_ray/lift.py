@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from s4d_ray.geometry import intrinsics
+
 MIN_VALID_DEPTH_M = 0.0
 MAX_VALID_DEPTH_M = 20.0
 MIN_PROJECTION_DEPTH_M = 0.01
@@ -24,14 +26,6 @@ CHUNK_TRACKS = 4096
 def normalized_focal(hfov_deg: float) -> float:
     """Focal length as a fraction of the image size: 0.5 / tan(hfov/2)."""
     return 0.5 / math.tan(math.radians(hfov_deg / 2.0))
-
-
-def intrinsics(width: int, height: int, hfov_deg: float = 60.0) -> np.ndarray:
-    """[3,3] pinhole intrinsics (px) of a `width`×`height` image with horizontal fov `hfov_deg`."""
-    focal = normalized_focal(hfov_deg)
-    return np.array(
-        [[focal * width, 0.0, 0.5 * width], [0.0, focal * height, 0.5 * height], [0.0, 0.0, 1.0]]
-    )
 
 
 def camera_centers(world2camera: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ ADE20K labels [T,S,S] uint8, object ids [T,S,S] int16 (0 = static world), dense 
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass, field
 
@@ -456,7 +457,7 @@ class SynthConfig:
 def synth_clip(out_dir: str, config: SynthConfig, clip_index: int) -> str:
     """Render one video + clip and write raw/, npz/ and gt/ under `out_dir`; return the clip id."""
     rng = np.random.default_rng([config.seed, clip_index])
-    scene = build_scene(rng, config.num_objects)
+    scene = build_scene(rng, config.num_objects)  # first use of rng: `scene_of` rebuilds it
     video_id = f"syn{config.seed % 10000:04d}{clip_index:04d}"
     total = config.lead_frames + config.frames + config.tail_frames
     video_times = np.arange(total) / config.fps
@@ -485,6 +486,9 @@ def synth_clip(out_dir: str, config: SynthConfig, clip_index: int) -> str:
     )
     write_clip(record, fs.join(out_dir, "npz", f"{clip_id}.npz"))
     gt_arrays = {
+        "scene_seed": np.array([config.seed, clip_index]),
+        "num_objects": np.array(config.num_objects),
+        "clip_times": clip_times,
         "depth": np.stack([v["depth"] for v in views]).astype(np.float16),
         "labels": np.stack([v["labels"] for v in views]),
         "object_ids": np.stack([v["object_ids"] for v in views]),
@@ -504,10 +508,14 @@ def synth_dataset(out_dir: str, config: SynthConfig) -> list[str]:
     return [synth_clip(out_dir, config, i) for i in range(config.clips)]
 
 
+def scene_of(ground_truth: dict[str, np.ndarray]) -> Scene:
+    """Rebuild the exact scene of a synthetic clip from its ground truth (for evaluation)."""
+    rng = np.random.default_rng(ground_truth["scene_seed"].tolist())
+    return build_scene(rng, int(ground_truth["num_objects"]))
+
+
 def load_ground_truth(out_dir: str, clip_id: str) -> dict[str, np.ndarray]:
     """Ground truth arrays written by `synth_clip` for `clip_id` (depth as float32 m)."""
-    import io
-
     data = fs.read_bytes(fs.join(out_dir, "gt", f"{clip_id}.npz"))
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}

@@ -70,9 +70,9 @@ def gcs_bucket(gcs_emulator, request):
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
-    """Two small synthetic VR180 clips (Stereo4D layout + ground truth), made once per run."""
+    """Four small synthetic VR180 clips (Stereo4D layout + ground truth), made once per run."""
     from s4d_ray.synth import SynthConfig, synth_dataset
 
     out = tmp_path_factory.mktemp("synth")
-    synth_dataset(str(out), SynthConfig(clips=2, frames=12, height=512, seed=7, tracks=600))
+    synth_dataset(str(out), SynthConfig(clips=4, frames=12, height=512, seed=7, tracks=600))
     return out

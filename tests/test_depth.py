@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from s4d_ray.depth import depth_from_flow, focal_length_px, warp_backward_flow
+from s4d_ray.depth import depth_edge_mask, depth_from_flow, warp_backward_flow
+from s4d_ray.geometry import focal_length_px
 
 T, H, W = 2, 24, 32
 
@@ -58,7 +59,21 @@ def test_small_fb_error_and_vertical_flow_thresholds():
     _, valid = depth_from_flow(fwd, bwd)
     assert valid[0, :, 8:].all()
     assert not valid[1, 5, 10]
-    assert valid[1, 4, 10] and valid[1, 5, 11]
+    # its 4-neighbours lose their rim to the floating-point check; two pixels away is valid
+    assert not valid[1, 4, 10] and not valid[1, 5, 11]
+    assert valid[1, 3, 10] and valid[1, 5, 12]
+
+
+def test_floating_points_on_depth_edges_are_removed():
+    """Reference `gradient_check_mask_relative(depth, 0.03)`: relative central differences."""
+    depth = np.full((1, 6, 8), 5.0, np.float32)
+    depth[0, :, 4:] = 5.2  # a 4% step between columns 3 and 4
+    depth[0, 0, 0] = 5.1  # a 2% bump: below the threshold
+    mask = depth_edge_mask(depth)
+    assert mask[0, :, 3].all() and mask[0, :, 4].all()
+    assert not mask[0, :, :3].any() and not mask[0, :, 5:].any()
+    depth[0, 2, 6] = 0.0  # invalid pixels themselves are never marked
+    assert not depth_edge_mask(depth)[0, 2, 6] and depth_edge_mask(depth)[0, 2, 5]
 
 
 def test_depth_range_limits():

@@ -3,16 +3,11 @@
 import numpy as np
 import pytest
 
-from s4d_ray.drift_filter import (
-    ADE20K_BUILDING,
-    ADE20K_EARTH,
-    ADE20K_ROAD,
-    ADE20K_SIDEWALK,
-    ADE20K_SKY,
-    ADE20K_WALL,
-    STATIC_LABELS,
-    drift_filter,
-    sample_labels,
+from s4d_ray.ade20k import label_id
+from s4d_ray.drift_filter import STATIC_LABELS, drift_filter, sample_labels
+
+ADE20K_WALL, ADE20K_BUILDING, ADE20K_SKY, ADE20K_ROAD, ADE20K_SIDEWALK, ADE20K_EARTH = (
+    label_id(name) for name in ("wall", "building", "sky", "road", "sidewalk", "earth")
 )
 
 T, H, W = 4, 16, 16

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
+from s4d_ray.geometry import intrinsics
 from s4d_ray.lift import (
     camera_centers,
-    intrinsics,
     lift_tracks,
     motion_displacement,
     project,

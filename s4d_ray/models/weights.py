@@ -32,11 +32,19 @@ def cached_path(uri: str) -> Path:
         if not path.exists():
             raise CheckpointError(f"checkpoint {uri!r} does not exist")
         return path
-    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    source_fs, source_path = fs.filesystem(uri)
+    try:
+        info = source_fs.info(source_path)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"checkpoint {uri!r} not found") from e
+    # keyed by URI and the object's version, so a checkpoint overwritten in place is refetched
+    version = [
+        str(info.get(k, "")) for k in ("size", "etag", "ETag", "mtime", "updated", "generation")
+    ]
+    key = hashlib.sha256("\n".join([uri, *version]).encode()).hexdigest()[:16]
     target = cache_dir() / f"{key}-{uri.rstrip('/').rsplit('/', 1)[-1]}"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        source_fs, source_path = fs.filesystem(uri)
         try:
             with source_fs.open(source_path, "rb") as src, fs.open_atomic(str(target)) as dst:
                 while chunk := src.read(1 << 24):

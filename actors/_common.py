@@ -1,0 +1,35 @@
+"""What every model actor shares: device choice, running a stage with its metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from s4d_ray import metrics
+from s4d_ray.clip_stages import Row, Stage, failed, run_stage
+
+
+def pick_device(device: str) -> str:
+    """'auto' → 'cuda' when this actor was given a GPU, else 'cpu'."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def neural_options(options: dict[str, Any], device: str, precision: str) -> dict[str, Any]:
+    """Stage options for a neural backend: the device this actor got, and the precision."""
+    return {**options, "device": pick_device(device), "precision": precision}
+
+
+def apply_stage(row: Row, stage: Stage, fn: Callable[[Row], Row]) -> Row:
+    """`run_stage` plus the stage's metrics (seconds, and a failure count if it failed here)."""
+    was_failed = failed(row)
+    row = run_stage(row, stage, fn)
+    if not was_failed:
+        if failed(row):
+            metrics.record_clip_failed(stage.name)
+        else:
+            metrics.record_stage_from_row(row, stage.name)
+    return row

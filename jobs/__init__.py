@@ -1,0 +1,1 @@
+"""`ray job submit` entry points."""

@@ -1,0 +1,1 @@
+"""Stage wrappers: one contract per stage, independent of the backend."""

@@ -1,0 +1,278 @@
+"""Stage 2: stereo flow of rectified pairs, one contract for every backend.
+
+`StereoMatcher(backend, **options)(left, right) -> (flow_fwd, flow_bwd)`, frames [T,H,W,3] uint8
+RGB of the rectified left and right eye, flows [T,H,W,2] float32 px (x, y):
+- `flow_fwd` = left→right: a left pixel x matches right pixel x + flow_fwd(x); for a rectified
+  pair the x-flow is −disparity (≤ 0) and the y-flow ≈ 0.
+- `flow_bwd` = right→left: x-flow = +disparity of the right image.
+The depth stage (`s4d_ray.depth.depth_from_flow`) turns them into metric depth and invalidates
+pixels by the forward-backward check, |flow_y| > 1 px and the depth range.
+
+Backends:
+- `neural`: SEA-RAFT spring-M as Stereo4D runs it (`inference_raft.py`, config `scale` = −1):
+  both images ×0.5 (bilinear), last iteration's flow, upsampled ×2 (bilinear) and scaled ×2;
+  both directions in one batch. fp32, or bf16 / fp16 autocast.
+- `cpu`: OpenCV semi-global matching (`cv2.StereoSGBM`) in both directions, y-flow 0. Pixels
+  without a match (left border, occlusions, failed uniqueness / left-right checks, speckles)
+  are NaN in both components: no number to mistake for a measurement, and every `<=` test of
+  the depth stage rejects it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from s4d_ray.models.sea_raft import SEARAFTConfig
+
+BACKENDS = ("cpu", "neural")
+PRECISIONS = ("fp32", "bf16", "fp16")
+"""Neural backend arithmetic: fp32, or bf16 / fp16 autocast."""
+
+NEURAL_SCALE = 0.5
+"""Image scale the flow network sees: 2**scale with spring-M's `scale` = −1."""
+
+
+def _check_pair(left: np.ndarray, right: np.ndarray) -> None:
+    if left.ndim != 4 or left.shape[-1] != 3 or left.dtype != np.uint8:
+        raise ValueError(f"left must be [T,H,W,3] uint8, got {left.shape} {left.dtype}")
+    if right.shape != left.shape or right.dtype != np.uint8:
+        raise ValueError(
+            f"right must match left {left.shape} uint8, got {right.shape} {right.dtype}"
+        )
+
+
+class SGBMStereo:
+    """Semi-global matching on grey levels; disparities in [0, num_disparities) at 1/16 px.
+
+    The backward pass matches the mirrored pair (right as reference), which gives the right
+    image's disparity with the same matcher. Defaults: 5×5 blocks, P1 = 8·3·5², P2 = 32·3·5²
+    (OpenCV's recommended smoothness), uniqueness 10 %, left-right check within 1 px, speckles
+    under 100 px with > 2 px disparity jumps removed. 128 disparities cover depths beyond 0.22 m
+    for the 512², 60° hfov, 6.3 cm rig (fx ≈ 443 px).
+    """
+
+    def __init__(
+        self,
+        num_disparities: int = 128,
+        block_size: int = 5,
+        uniqueness_ratio: int = 10,
+        speckle_window_size: int = 100,
+        speckle_range: int = 2,
+    ) -> None:
+        if num_disparities <= 0 or num_disparities % 16:
+            raise ValueError(
+                f"num_disparities must be a positive multiple of 16, got {num_disparities}"
+            )
+        self.num_disparities = num_disparities
+        self._matcher = cv2.StereoSGBM_create(
+            minDisparity=0,
+            numDisparities=num_disparities,
+            blockSize=block_size,
+            P1=8 * 3 * block_size**2,
+            P2=32 * 3 * block_size**2,
+            disp12MaxDiff=1,
+            uniquenessRatio=uniqueness_ratio,
+            speckleWindowSize=speckle_window_size,
+            speckleRange=speckle_range,
+            mode=cv2.STEREO_SGBM_MODE_SGBM_3WAY,
+        )
+        self.version = (
+            f"opencv-{cv2.__version__}-sgbm3way-d{num_disparities}-b{block_size}"
+            f"-u{uniqueness_ratio}-s{speckle_window_size}x{speckle_range}"
+        )
+
+    def _disparity(self, reference: np.ndarray, other: np.ndarray) -> np.ndarray:
+        """Disparity [H,W] float32 px of `reference` (matches `other` at x − d); NaN: no match.
+
+        OpenCV leaves the first `num_disparities` columns unmatched (their search range leaves
+        the image); both images are padded on the left by that much (black, like the rectified
+        border) so those columns are matched against whatever part of the range is inside.
+        """
+        pad = self.num_disparities
+        fixed_point = self._matcher.compute(
+            cv2.copyMakeBorder(reference, 0, 0, pad, 0, cv2.BORDER_CONSTANT, value=0),
+            cv2.copyMakeBorder(other, 0, 0, pad, 0, cv2.BORDER_CONSTANT, value=0),
+        )[:, pad:]
+        disparity = fixed_point.astype(np.float32) / 16.0
+        disparity[fixed_point < 0] = np.nan
+        return disparity
+
+    def __call__(self, left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(flow_fwd, flow_bwd) [T,H,W,2] float32 px of left/right [T,H,W,3] uint8 RGB."""
+        _check_pair(left, right)
+        flow_fwd = np.zeros((*left.shape[:3], 2), np.float32)
+        flow_bwd = np.zeros_like(flow_fwd)
+        for t in range(len(left)):
+            grey_left = cv2.cvtColor(left[t], cv2.COLOR_RGB2GRAY)
+            grey_right = cv2.cvtColor(right[t], cv2.COLOR_RGB2GRAY)
+            disparity_left = self._disparity(grey_left, grey_right)
+            mirrored = self._disparity(
+                np.ascontiguousarray(grey_right[:, ::-1]), np.ascontiguousarray(grey_left[:, ::-1])
+            )
+            disparity_right = mirrored[:, ::-1]
+            flow_fwd[t, ..., 0] = -disparity_left
+            flow_fwd[t, ..., 1] = np.where(np.isnan(disparity_left), np.nan, 0.0)
+            flow_bwd[t, ..., 0] = disparity_right
+            flow_bwd[t, ..., 1] = np.where(np.isnan(disparity_right), np.nan, 0.0)
+        return flow_fwd, flow_bwd
+
+
+FlowFn = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+"""Flow network: (image1, image2) [B,3,h,w] float 0..255 -> flow image1→image2 [B,2,h,w] px."""
+
+
+def half_resolution_flow(
+    flow_fn: FlowFn, image1: torch.Tensor, image2: torch.Tensor
+) -> torch.Tensor:
+    """Flow [B,2,H,W] px of [B,3,H,W] images computed at half resolution, as Stereo4D does.
+
+    Images are halved (bilinear, align_corners=False), the flow is upsampled to H×W (bilinear)
+    and its vectors scaled ×2 back to full-resolution pixels.
+    """
+    import torch.nn.functional as F
+
+    height, width = image1.shape[-2:]
+    small1 = F.interpolate(image1, scale_factor=NEURAL_SCALE, mode="bilinear", align_corners=False)
+    small2 = F.interpolate(image2, scale_factor=NEURAL_SCALE, mode="bilinear", align_corners=False)
+    flow = flow_fn(small1, small2).float()
+    upsampled = F.interpolate(flow, size=(height, width), mode="bilinear", align_corners=False)
+    return upsampled / NEURAL_SCALE
+
+
+def sea_raft_batch_size(memory_bytes: int, height: int, width: int) -> int:
+    """Image pairs per SEA-RAFT forward that fit in `memory_bytes` of free accelerator memory.
+
+    Counted at the network's half resolution: ~150 live values per pixel at the peak (ResNet
+    maps of both feature passes at 1/2 scale, the five kept ×8-upsampled flow/info outputs,
+    the convex-upsampling products), taken as 400 fp32 values for allocator slack; half the
+    free memory is left for everything else. Estimated, not yet measured on a GPU; a CUDA
+    out-of-memory error halves the batch and retries.
+    """
+    pixels = math.ceil(height * NEURAL_SCALE) * math.ceil(width * NEURAL_SCALE)
+    fitting = int(memory_bytes // 2 // (400 * 4 * pixels))
+    return 2 ** int(math.log2(fitting)) if fitting >= 1 else 1
+
+
+def _pairs(
+    left: np.ndarray, right: np.ndarray, start: int, stop: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image pairs start..stop of a clip's 2T: pair i < T is (left_i, right_i) (forward flow),
+    pair T + i is (right_i, left_i) (backward flow). Returns (image1, image2) [B,H,W,3]."""
+    num_frames = len(left)
+    fwd = slice(min(start, num_frames), min(stop, num_frames))
+    bwd = slice(max(start - num_frames, 0), max(stop - num_frames, 0))
+    return np.concatenate([left[fwd], right[bwd]]), np.concatenate([right[fwd], left[bwd]])
+
+
+class SEARAFTStereo:
+    """SEA-RAFT flow in both directions; each forward holds `batch_size` image pairs
+    (a frame's fwd and bwd pair count as two). batch_size None = fitted to free GPU memory
+    (8 on CPU)."""
+
+    def __init__(
+        self,
+        weights_uri: str | None = None,
+        config: SEARAFTConfig | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
+        batch_size: int | None = None,
+    ) -> None:
+        import torch
+
+        from s4d_ray.models.sea_raft import DEFAULT_URI, load_sea_raft
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        weights_uri = weights_uri or DEFAULT_URI
+        self.device = torch.device(device)
+        self.model = load_sea_raft(weights_uri, config).to(self.device)
+        self.precision = precision
+        self.batch_size = batch_size
+        self.version = f"sea-raft-{weights_uri}-iters{self.model.config.iters}-{precision}"
+
+    def _flow(self, image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            return self.model(image1, image2, test_mode=True)["flow"][-1]
+
+    def _batch_size(self, height: int, width: int) -> int:
+        import torch
+
+        if self.batch_size is not None:
+            return self.batch_size
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return sea_raft_batch_size(free, height, width)
+        return 8
+
+    def __call__(self, left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(flow_fwd, flow_bwd) [T,H,W,2] float32 px of left/right [T,H,W,3] uint8 RGB."""
+        import torch
+
+        _check_pair(left, right)
+        num_frames, height, width = left.shape[:3]
+        flows = np.empty((2 * num_frames, height, width, 2), np.float32)
+        batch = max(1, self._batch_size(height, width))
+        start = 0
+        while start < 2 * num_frames:
+            stop = min(start + batch, 2 * num_frames)
+            try:
+                with torch.inference_mode():
+                    image1, image2 = _pairs(left, right, start, stop)
+                    image1, image2 = self._to_device(image1), self._to_device(image2)
+                    flow = half_resolution_flow(self._flow, image1, image2)
+            except torch.cuda.OutOfMemoryError:
+                if batch == 1:
+                    raise
+                batch //= 2
+                self.batch_size = batch
+                torch.cuda.empty_cache()
+                continue
+            flows[start:stop] = flow.permute(0, 2, 3, 1).cpu().numpy()
+            start = stop
+        return flows[:num_frames], flows[num_frames:]
+
+    def _to_device(self, frames: np.ndarray) -> torch.Tensor:
+        """[B,H,W,3] uint8 -> [B,3,H,W] float32 0..255 on the model's device."""
+        import torch
+
+        return torch.from_numpy(frames).to(self.device).permute(0, 3, 1, 2).float()
+
+
+class StereoMatcher:
+    """Stage 2 callable, built once (e.g. per Ray actor) and applied to one clip per call.
+
+    backend 'cpu': `SGBMStereo` options (num_disparities, block_size, ...); backend 'neural':
+    `SEARAFTStereo` options (weights_uri — default the official spring-M file —, config,
+    device, precision, batch_size). `version` names the backend and its settings.
+    """
+
+    def __init__(self, backend: str = "cpu", **options: object) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend_name = backend
+        self.backend: SGBMStereo | SEARAFTStereo = (
+            SGBMStereo(**options) if backend == "cpu" else SEARAFTStereo(**options)
+        )
+        self.version = self.backend.version
+
+    def __call__(self, left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(flow_fwd left→right, flow_bwd right→left) [T,H,W,2] float32 px of [T,H,W,3] uint8."""
+        return self.backend(left, right)
+
+
+def disparity(
+    left: np.ndarray, right: np.ndarray, backend: str = "cpu", **options: object
+) -> tuple[np.ndarray, np.ndarray]:
+    """One-shot `StereoMatcher(backend, **options)(left, right)`: (flow_fwd, flow_bwd) px."""
+    return StereoMatcher(backend, **options)(left, right)

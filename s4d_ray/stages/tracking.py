@@ -1,0 +1,321 @@
+"""Stage 3: dense 2D tracks of a pruned, jittered query grid, one contract for every backend.
+
+`Tracker(...)(frames [T,H,W,3] uint8) -> Tracks2D(tracks [N,T,2] px (x,y), visible [N,T] bool,
+query_frame [N] int)`. A query grid is laid on every `query_frame_interval`-th frame, queries
+within `prune_radius` px of an earlier kept track visible there are dropped *before* tracking
+(`s4d_ray.queries.track_with_pruning`), and the survivors are tracked over the whole clip.
+Pixel i spans [i, i+1) (its centre is at i + 0.5), as in TAPIR and the rectified cameras.
+
+Backends:
+- `neural`: BootsTAP (TAPIR, pyramid level 1, extra convs, softmax temperature 10) at 512x512,
+  frames in [-1, 1]; video features computed once per clip, query chunks tracked against them;
+  visible = (1 - sigmoid(occlusion)) * (1 - sigmoid(expected_dist)) > 0.5 (tapnet's rule).
+- `cpu`: pyramidal Lucas-Kanade chained frame to frame from each query frame, forwards and
+  backwards, with forward-backward and patch-correlation checks; needs no weights (dev
+  machines, CI).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, NamedTuple
+
+import cv2
+import numpy as np
+
+from s4d_ray.queries import TrackFn, track_with_pruning
+
+if TYPE_CHECKING:
+    import torch
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+"""Neural backend arithmetic: fp32, or bf16 / fp16 autocast."""
+
+DEFAULT_QUERY_STRIDE = {"neural": 4, "cpu": 8}
+"""Query grid stride in px per backend. Stereo4D uses 4 (128x128 queries on 512x512). Lucas-Kanade
+work grows with tracks x frames; the CPU default 8 (64x64 grid) tracks about a quarter as many
+points (512x512, 100 frames: ~35k tracks at ~1 frame/s on one busy core)."""
+
+
+class Tracks2D(NamedTuple):
+    """Stage 3 output. Rows are grouped by query frame (ascending), grid order within a frame."""
+
+    tracks: np.ndarray
+    """[N,T,2] float32 px (x, y); where not visible, the backend's last estimate."""
+    visible: np.ndarray
+    """[N,T] bool."""
+    query_frame: np.ndarray
+    """[N] int64 frame on which each track was queried."""
+
+
+class LucasKanadeBackend:
+    """Pyramidal Lucas-Kanade (OpenCV) chained frame to frame, with two consistency checks.
+
+    From a query frame, points are tracked to each next frame (and, separately, each previous
+    frame) from their position in the frame before. A step is accepted only if
+    - OpenCV reports success both ways and the backward track of the new position lands within
+      `fb_threshold` px of the old one (1 px, the tolerance of the stereo check and the query
+      pruning radius; textured, unoccluded content round-trips within ~0.05 px);
+    - the (2*ncc_radius+1)^2 patch around the new position correlates (zero-mean normalised
+      cross-correlation) with the patch around the old one by at least `min_step_ncc`. A window
+      that straddles an occluding edge follows the edge consistently both ways, so the
+      forward-backward check alone lets such points slide onto the occluder; their own small
+      patch then changes abruptly, which the correlation catches (true steps: median 0.999);
+    - the new position is inside the image.
+    The first failure loses the point for the rest of that direction: it stays at its last
+    accepted position, marked invisible. Lucas-Kanade cannot re-find a point after an occlusion,
+    and low-texture points (sky, blank walls) fail early. The 11 px window is smaller than
+    OpenCV's customary 15-21 px: fewer windows straddle motion boundaries, and it is faster.
+    """
+
+    def __init__(
+        self,
+        window: int = 11,
+        pyramid_levels: int = 3,
+        fb_threshold: float = 1.0,
+        min_step_ncc: float = 0.9,
+        ncc_radius: int = 2,
+    ) -> None:
+        self.window = window
+        self.pyramid_levels = pyramid_levels
+        self.fb_threshold = fb_threshold
+        self.min_step_ncc = min_step_ncc
+        self.ncc_radius = ncc_radius
+        self._criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 20, 0.01)
+
+    def bind(self, frames: np.ndarray) -> TrackFn:
+        """Track function over one clip, frames [T,H,W,3] uint8 RGB."""
+        gray = [cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY) for frame in frames]
+        gray_float = [image.astype(np.float32) for image in gray]
+
+        def track(frame_index: int, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            num_frames = len(gray)
+            tracks = np.empty((len(queries), num_frames, 2), dtype=np.float32)
+            visible = np.zeros((len(queries), num_frames), dtype=bool)
+            tracks[:, frame_index] = queries
+            visible[:, frame_index] = True
+            # OpenCV puts pixel centres at integers: shift by half a pixel both ways.
+            start = queries.astype(np.float32) - 0.5
+            start_patches = self._patches(gray_float[frame_index], start)
+            for direction in (1, -1):
+                position = start.copy()
+                patches = start_patches.copy()
+                alive = np.ones(len(queries), dtype=bool)
+                previous = frame_index
+                end = num_frames if direction > 0 else -1
+                for t in range(frame_index + direction, end, direction):
+                    index = np.flatnonzero(alive)
+                    if index.size:
+                        moved, ok = self._step(gray[previous], gray[t], position[index])
+                        moved_patches = self._patches(gray_float[t], moved)
+                        ok &= _ncc(patches[index], moved_patches) >= self.min_step_ncc
+                        position[index[ok]] = moved[ok]
+                        patches[index[ok]] = moved_patches[ok]
+                        alive[index[~ok]] = False
+                    tracks[:, t] = position + 0.5
+                    visible[:, t] = alive
+                    previous = t
+            return tracks, visible
+
+        return track
+
+    def _step(
+        self, image_from: np.ndarray, image_to: np.ndarray, points: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Move points [P,2] (OpenCV px) one frame; returns (moved [P,2], passed LK+FB+inside)."""
+        params = dict(
+            winSize=(self.window, self.window),
+            maxLevel=self.pyramid_levels,
+            criteria=self._criteria,
+        )
+        points = np.ascontiguousarray(points, dtype=np.float32)
+        moved, ok_forward, _ = cv2.calcOpticalFlowPyrLK(
+            image_from, image_to, points, None, **params
+        )
+        back, ok_backward, _ = cv2.calcOpticalFlowPyrLK(image_to, image_from, moved, None, **params)
+        height, width = image_to.shape
+        round_trip = np.linalg.norm(back - points, axis=-1)
+        inside = (
+            (moved[:, 0] >= -0.5)
+            & (moved[:, 0] < width - 0.5)
+            & (moved[:, 1] >= -0.5)
+            & (moved[:, 1] < height - 0.5)
+        )
+        accepted = (
+            (ok_forward[:, 0] == 1)
+            & (ok_backward[:, 0] == 1)
+            & (round_trip <= self.fb_threshold)
+            & inside
+        )
+        return moved, accepted
+
+    def _patches(self, image: np.ndarray, points: np.ndarray) -> np.ndarray:
+        """Bilinear patches [P,(2r+1)^2] around points [P,2] (OpenCV px) of a float32 image."""
+        offsets = np.arange(-self.ncc_radius, self.ncc_radius + 1, dtype=np.float32)
+        offset_x, offset_y = (grid.ravel() for grid in np.meshgrid(offsets, offsets))
+        parts = []
+        # cv2.remap needs maps below 32767 rows.
+        for chunk in range(0, len(points), 16384):
+            block = points[chunk : chunk + 16384]
+            map_x = block[:, 0:1] + offset_x[None]
+            map_y = block[:, 1:2] + offset_y[None]
+            parts.append(
+                cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            )
+        if not parts:
+            return np.zeros((0, offset_x.size), dtype=np.float32)
+        return np.concatenate(parts)
+
+
+def _ncc(patches_a: np.ndarray, patches_b: np.ndarray) -> np.ndarray:
+    """Zero-mean normalised cross-correlation of matching rows of [P,K] patches; [P] in [-1,1]."""
+    a = patches_a - patches_a.mean(axis=1, keepdims=True)
+    b = patches_b - patches_b.mean(axis=1, keepdims=True)
+    return (a * b).sum(axis=1) / np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1) + 1e-6)
+
+
+def tapir_query_chunk_size(memory_bytes: int, num_frames: int, precision: str = "fp32") -> int:
+    """Queries per TAPIR chunk that fit in `memory_bytes` of free accelerator memory.
+
+    The peak per query is the initial cost-volume head: per frame a 32x32 cost map (256x256
+    initial resolution, stride-8 features) through a 16-channel conv, its ReLU, padding and a
+    32-channel strided conv, ~48k values; counted as 64k values per query-frame for allocator
+    slack. Half the free memory is left for everything else. Estimated, not yet measured on a GPU.
+    """
+    bytes_per_value = 4 if precision == "fp32" else 2
+    per_query = 64 * 1024 * bytes_per_value * num_frames
+    fitting = int(memory_bytes // 2 // per_query)
+    return 2 ** int(math.log2(fitting)) if fitting >= 1 else 1
+
+
+class TapirBackend:
+    """BootsTAP/TAPIR: features once per clip, then each query frame's survivors in chunks."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: str = "cpu",
+        precision: str = "fp32",
+        query_chunk_size: int | None = None,
+        resolution: int = 512,
+    ) -> None:
+        import torch
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.precision = precision
+        self.query_chunk_size = query_chunk_size
+        self.resolution = resolution
+
+    def _autocast(self):
+        import torch
+
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def bind(self, frames: np.ndarray) -> TrackFn:
+        """Track function over one clip, frames [T,H,W,3] uint8 RGB; computes the features now."""
+        import torch
+
+        from s4d_ray.models.tapir import visible_from_logits
+
+        num_frames, height, width = frames.shape[:3]
+        size = self.resolution
+        if (height, width) != (size, size):
+            frames = np.stack(
+                [cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA) for frame in frames]
+            )
+        # Model coordinates are the input's scaled per axis (pixel edges stay on pixel edges).
+        scale_xy = np.array([size / width, size / height], dtype=np.float32)
+        video = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)[None]
+        video = video.float() / 255.0 * 2.0 - 1.0
+        with torch.inference_mode(), self._autocast():
+            grids = self.model.get_feature_grids(video)
+        del video
+        chunk = self.query_chunk_size
+        if chunk is None:
+            chunk = 64
+            if self.device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(self.device)
+                chunk = tapir_query_chunk_size(free, num_frames, self.precision)
+
+        def track(frame_index: int, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            scaled = queries.astype(np.float32) * scale_xy
+            query_points = np.concatenate(
+                [np.full((len(queries), 1), frame_index, np.float32), scaled[:, ::-1]], axis=1
+            )
+            points = torch.from_numpy(query_points).to(self.device)[None]
+            with torch.inference_mode(), self._autocast():
+                out = self.model.track_with_grids(grids, points, query_chunk_size=chunk)
+            tracks = out["tracks"][0].float().cpu().numpy() / scale_xy
+            visible = visible_from_logits(
+                out["occlusion"][0].float(), out["expected_dist"][0].float()
+            )
+            return tracks.astype(np.float32), visible.cpu().numpy()
+
+        return track
+
+
+class Tracker:
+    """Stage 3 callable, built once per Ray actor and applied to one clip per call.
+
+    backend: 'neural' (BootsTAP checkpoint at `weights_uri`, any fsspec URI, on `device` with
+    `precision`) or 'cpu' (Lucas-Kanade, no weights). query_stride None = the backend default
+    (`DEFAULT_QUERY_STRIDE`). query_chunk_size None = fitted to free GPU memory (64 on CPU).
+    `resolution` is the neural backend's square input size (BootsTAP: 512). `seed` fixes the
+    query-grid jitter; a call may pass its own (e.g. derived from the clip id).
+    """
+
+    def __init__(
+        self,
+        backend: str = "cpu",
+        weights_uri: str | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
+        query_chunk_size: int | None = None,
+        query_stride: int | None = None,
+        query_frame_interval: int = 10,
+        prune_radius: float = 1.0,
+        resolution: int = 512,
+        seed: int = 0,
+    ) -> None:
+        if backend not in DEFAULT_QUERY_STRIDE:
+            raise ValueError(
+                f"backend must be one of {tuple(DEFAULT_QUERY_STRIDE)}, got {backend!r}"
+            )
+        self.query_stride = query_stride or DEFAULT_QUERY_STRIDE[backend]
+        self.query_frame_interval = query_frame_interval
+        self.prune_radius = prune_radius
+        self.seed = seed
+        if backend == "cpu":
+            if device != "cpu" or precision != "fp32":
+                raise ValueError("the cpu backend runs on device 'cpu' in precision 'fp32'")
+            self.backend: LucasKanadeBackend | TapirBackend = LucasKanadeBackend()
+        else:
+            if weights_uri is None:
+                raise ValueError("the neural backend needs weights_uri (a BootsTAP checkpoint)")
+            from s4d_ray.models.tapir import load_bootstap
+
+            self.backend = TapirBackend(
+                load_bootstap(weights_uri), device, precision, query_chunk_size, resolution
+            )
+
+    def __call__(self, frames: np.ndarray, seed: int | None = None) -> Tracks2D:
+        """Tracks of one clip, frames [T,H,W,3] uint8 RGB."""
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be [T,H,W,3] uint8, got {frames.shape} {frames.dtype}")
+        num_frames, height, width = frames.shape[:3]
+        rng = np.random.default_rng(self.seed if seed is None else seed)
+        tracks, visible, query_frame = track_with_pruning(
+            self.backend.bind(frames),
+            num_frames,
+            height,
+            width,
+            stride=self.query_stride,
+            frame_interval=self.query_frame_interval,
+            radius=self.prune_radius,
+            rng=rng,
+        )
+        return Tracks2D(tracks, visible, query_frame)

@@ -1,0 +1,410 @@
+"""The engine on a real local Ray cluster (`ray start` on 127.0.0.1), submitted as users do.
+
+One head for the module; jobs go through `ray job submit` with the README's command. Checks
+outputs, failure rows, the metrics endpoint while the job runs, resume without duplicates, a
+killed job resubmitted, a killed model actor, and a `gs://` run against the GCS emulator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from s4d_ray import fs
+from s4d_ray.clip_io import read_clip, write_clip
+from tests.conftest import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """`ray start --head` on loopback with dashboard and metrics ports; stopped afterwards."""
+    ports = {"port": free_port(), "dashboard": free_port(), "metrics": free_port()}
+    temp_dir = tempfile.mkdtemp(prefix="s4dray")
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_metrics_report_interval_ms": "1000",
+        # Ray 2.60 heads require a token (~/.ray/auth_token); clients send it in token mode
+        "RAY_AUTH_MODE": "token",
+    }
+    previous_mode = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "token"
+    subprocess.run(
+        [
+            str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
+            "--port", str(ports["port"]), "--dashboard-host", "127.0.0.1",
+            "--dashboard-port", str(ports["dashboard"]), "--metrics-export-port", str(ports["metrics"]),
+            "--num-cpus", "4", "--temp-dir", temp_dir, "--disable-usage-stats",
+        ],
+        check=True, env=env, capture_output=True, timeout=180,
+    )  # fmt: skip
+    yield {
+        **ports,
+        "address": f"127.0.0.1:{ports['port']}",
+        "dashboard_url": f"http://127.0.0.1:{ports['dashboard']}",
+        "env": env,
+    }
+    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+    if previous_mode is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = previous_mode
+
+
+@pytest.fixture(scope="module")
+def engine_inputs(synth_dir, tmp_path_factory):
+    """The synthetic clips plus bad ones: a truncated video, an npz missing a field, frames
+    past the end of the video, and a file whose name is not a clip id."""
+    root = tmp_path_factory.mktemp("engine_inputs")
+    shutil.copytree(synth_dir / "npz", root / "npz")
+    shutil.copytree(synth_dir / "raw", root / "raw")
+    good = sorted(p.stem for p in (root / "npz").glob("*.npz"))
+    source = read_clip(str(root / "npz" / f"{good[0]}.npz"))
+
+    corrupt = read_clip(str(root / "npz" / f"{good[0]}.npz"))
+    corrupt.video_id, corrupt.name = "corruptvid0", f"corruptvid0_{corrupt.timestamps[0]}"
+    write_clip(corrupt, str(root / "npz" / f"{corrupt.name}.npz"))
+    video = (root / "raw" / f"{source.video_id}.mp4").read_bytes()
+    (root / "raw" / "corruptvid0.mp4").write_bytes(video[: len(video) // 3])
+
+    missing = source.to_arrays()
+    del missing["camera2world"]
+    missing["name"] = np.array("missingfld0_100000")
+    np.savez(root / "npz" / "missingfld0_100000.npz", **missing)
+
+    late = read_clip(str(root / "npz" / f"{good[1]}.npz"))
+    late.timestamps = late.timestamps + 60_000_000
+    late.name = f"{late.video_id}_{late.timestamps[0]}"
+    write_clip(late, str(root / "npz" / f"{late.name}.npz"))
+
+    (root / "npz" / "not a clip id.npz").write_bytes((root / "npz" / f"{good[0]}.npz").read_bytes())
+    bad = {
+        corrupt.name: "decode",
+        "missingfld0_100000": "decode",
+        late.name: "decode",
+        "not a clip id": "input",
+    }
+    return root, good, bad
+
+
+def submit(
+    ray_head, *job_args: str, wait: bool = True, submission_id: str = "", timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """`ray job submit` exactly as the README says, from the repository root."""
+    command = [
+        str(BIN / "ray"), "job", "submit", "--address", ray_head["dashboard_url"],
+        "--working-dir", ".", "--runtime-env", "cluster/runtime_env.yaml",
+    ]  # fmt: skip
+    if not wait:
+        command.append("--no-wait")
+    if submission_id:
+        command += ["--submission-id", submission_id]
+    command += ["--", "python", "jobs/process_clips.py", *job_args]
+    return subprocess.run(
+        command, cwd=REPO, env=ray_head["env"], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def parquet_names(output: Path) -> list[str]:
+    names = []
+    for path in sorted((output / "parquet").glob("*.parquet")):
+        names += pq.read_table(path, columns=["name"]).column("name").to_pylist()
+    return names
+
+
+class MetricsWatcher(threading.Thread):
+    """Polls the node's metrics endpoint while a job runs; remembers the s4d lines it saw."""
+
+    def __init__(self, port: int):
+        super().__init__(daemon=True)
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.seen: dict[str, str] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                text = urllib.request.urlopen(self.url, timeout=5).read().decode()
+            except OSError:
+                text = ""
+            for line in text.splitlines():
+                if line.startswith("ray_s4d_"):
+                    self.seen[line.split("{")[0].split(" ")[0]] = line
+            self.stop.wait(1.0)
+
+
+def test_job_submit_outputs_failures_metrics_and_resume(ray_head, engine_inputs, tmp_path):
+    root, good, bad = engine_inputs
+    output = tmp_path / "out"
+    watcher = MetricsWatcher(ray_head["metrics"])
+    watcher.start()
+    args = ("--npz", str(root / "npz"), "--videos", str(root / "raw"), "--output", str(output))
+    result = submit(ray_head, *args)
+    watcher.stop.set()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    # every good clip: one npz, one Parquet row; every bad clip: one failure row naming its stage
+    assert sorted(p.stem for p in (output / "npz").glob("*.npz")) == good
+    assert sorted(parquet_names(output)) == good
+    failures = pq.read_table(output / "failures" / "failures-all.parquet").to_pylist()
+    assert {f["clip_id"]: f["stage"] for f in failures} == bad
+    assert all(f["error_type"] and f["message"] for f in failures)
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["clips_done"] == len(good) and summary["clips_failed"] == len(bad)
+    assert set(summary["stage_seconds_per_clip"]) >= {
+        "decode",
+        "stereo",
+        "tracking",
+        "lift",
+        "optimize",
+    }
+
+    # the job log: Ray Data progress and one line per clip
+    log = result.stdout + result.stderr
+    for clip_id in good:
+        assert f"s4d clip {clip_id} done" in log
+    assert "Running Dataset" in log or "MapBatches" in log
+
+    # metrics were exported while the job ran
+    for name in (
+        "ray_s4d_clips_completed_total",
+        "ray_s4d_clips_failed_total",
+        "ray_s4d_stage_seconds_bucket",
+    ):
+        assert name in watcher.seen, (
+            f"{name} not seen on the metrics endpoint: {sorted(watcher.seen)}"
+        )
+
+    # outputs load as release data
+    for clip_id in good:
+        record = read_clip(str(output / "npz" / f"{clip_id}.npz"))
+        assert record.num_tracks >= 16 and np.isfinite(record.track_coordinates).all()
+
+    # resume: nothing is redone, nothing duplicated
+    mtimes = {p: p.stat().st_mtime_ns for p in (output / "npz").glob("*.npz")}
+    again = submit(ray_head, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["clips_skipped"] == len(good) and summary["clips_done"] == 0
+    assert {p: p.stat().st_mtime_ns for p in (output / "npz").glob("*.npz")} == mtimes
+    assert sorted(parquet_names(output)) == good
+    failures = pq.read_table(output / "failures" / "failures-all.parquet").to_pylist()
+    assert sorted(f["clip_id"] for f in failures) == sorted(bad)
+    assert len(list((output / "failures").glob("*.parquet"))) == 1
+
+
+def test_killed_job_resubmitted_finishes_without_redoing(ray_head, synth_dir, tmp_path):
+    """Two clips finished earlier; a job over all four is stopped while its pipeline runs;
+    the resubmitted job completes the rest, rewrites none of the finished, duplicates none."""
+    output = tmp_path / "out"
+    args = (
+        "--npz",
+        str(synth_dir / "npz"),
+        "--videos",
+        str(synth_dir / "raw"),
+        "--output",
+        str(output),
+    )
+    first = submit(ray_head, *args, "--limit", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    finished_before = {p.stem: p.stat().st_mtime_ns for p in (output / "npz").glob("*.npz")}
+    assert len(finished_before) == 2
+
+    job_id = f"s4d-kill-{os.getpid()}-{time.time_ns()}"
+    started = submit(ray_head, *args, wait=False, submission_id=job_id)
+    assert started.returncode == 0, started.stderr
+    deadline = time.time() + 300
+    logs = ""
+    while time.time() < deadline and "Running Dataset" not in logs:
+        time.sleep(1.0)
+        logs = subprocess.run(
+            [str(BIN / "ray"), "job", "logs", "--address", ray_head["dashboard_url"], job_id],
+            env=ray_head["env"], capture_output=True, text=True, timeout=60,
+        ).stdout  # fmt: skip
+    subprocess.run(
+        [str(BIN / "ray"), "job", "stop", "--address", ray_head["dashboard_url"], job_id],
+        env=ray_head["env"], capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert "Running Dataset" in logs, "the job never started its pipeline"
+    assert len(list((output / "npz").glob("*.npz"))) < 4, "the job finished before it was stopped"
+
+    result = submit(ray_head, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    all_clips = sorted(p.stem for p in (synth_dir / "npz").glob("*.npz"))
+    assert sorted(p.stem for p in (output / "npz").glob("*.npz")) == all_clips
+    assert sorted(parquet_names(output)) == all_clips  # each clip exactly once
+    for clip_id, mtime in finished_before.items():
+        assert (output / "npz" / f"{clip_id}.npz").stat().st_mtime_ns == mtime
+    assert json.loads((output / "summary.json").read_text())["clips_skipped"] >= 2
+
+
+def test_killed_model_actor_is_survived(ray_head, synth_dir, tmp_path):
+    """Kill the tracking actor's process mid-run: Ray restarts it and the clip is retried."""
+    import ray
+    from ray.util.state import list_actors
+
+    from s4d_ray.config import PipelineConfig
+    from s4d_ray.pipeline import run_pipeline
+
+    ray.init(
+        address=ray_head["address"],
+        runtime_env={"working_dir": str(REPO), "excludes": [".venv/", ".git/"]},
+    )
+    try:
+        killed = []
+
+        def kill_tracker() -> None:
+            deadline = time.time() + 240
+            while time.time() < deadline and not killed:
+                for actor in list_actors(filters=[("state", "=", "ALIVE")]):
+                    if "TrackingActor" in (actor.class_name or "") and actor.pid:
+                        time.sleep(1.0)  # let it start on a clip
+                        os.kill(actor.pid, signal.SIGKILL)
+                        killed.append(actor.pid)
+                        return
+                time.sleep(0.3)
+
+        killer = threading.Thread(target=kill_tracker, daemon=True)
+        killer.start()
+        output = tmp_path / "out"
+        summary = run_pipeline(
+            str(synth_dir / "npz"), str(output), PipelineConfig(), videos=str(synth_dir / "raw")
+        )
+        killer.join(5)
+    finally:
+        ray.shutdown()
+    assert killed, "no tracking actor was found to kill"
+    all_clips = sorted(p.stem for p in (synth_dir / "npz").glob("*.npz"))
+    assert summary.clips_done == len(all_clips) and summary.clips_failed == 0
+    assert sorted(parquet_names(output)) == all_clips
+
+
+def test_gcs_buckets_in_and_out(ray_head, synth_dir, gcs_bucket):
+    import ray
+
+    from s4d_ray.config import PipelineConfig
+    from s4d_ray.pipeline import run_pipeline
+
+    clip_ids = sorted(p.stem for p in (synth_dir / "npz").glob("*.npz"))[:2]
+    for clip_id in clip_ids:
+        fs.write_bytes(
+            f"{gcs_bucket}/npz/{clip_id}.npz", (synth_dir / "npz" / f"{clip_id}.npz").read_bytes()
+        )
+        video_id = read_clip(str(synth_dir / "npz" / f"{clip_id}.npz")).video_id
+        fs.write_bytes(
+            f"{gcs_bucket}/raw/{video_id}.mp4", (synth_dir / "raw" / f"{video_id}.mp4").read_bytes()
+        )
+    env = {
+        "STORAGE_EMULATOR_HOST": os.environ["STORAGE_EMULATOR_HOST"],
+        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+    }
+    ray.init(
+        address=ray_head["address"],
+        runtime_env={"working_dir": str(REPO), "excludes": [".venv/", ".git/"], "env_vars": env},
+    )
+    try:
+        summary = run_pipeline(
+            f"{gcs_bucket}/npz", f"{gcs_bucket}/out", PipelineConfig(), videos=f"{gcs_bucket}/raw"
+        )
+    finally:
+        ray.shutdown()
+    assert summary.clips_done == 2
+    written = fs.list_files(f"{gcs_bucket}/out/npz", ".npz")
+    assert sorted(u.rsplit("/", 1)[-1][:-4] for u in written) == clip_ids
+    assert read_clip(written[0]).num_tracks >= 16
+    assert json.loads(fs.read_bytes(f"{gcs_bucket}/out/summary.json"))["clips_done"] == 2
+    assert len(fs.list_files(f"{gcs_bucket}/out/parquet", ".parquet")) >= 1
+
+
+def test_neural_backend_end_to_end_with_tiny_random_models(ray_head, synth_dir, tmp_path):
+    """The `neural` wiring on CPU (num_gpus=0): SEA-RAFT (tiny config), BootsTAP (full size,
+    run at 64 px), DeepLab (output stride 16 at 65 px), all from checkpoints in their official
+    formats with random weights, through the same actors and pipeline as on a GPU cluster."""
+    import ray
+    import torch
+    from safetensors.torch import save_model
+
+    from s4d_ray.config import config_from_dict
+    from s4d_ray.models.deeplab import DeepLabConfig, DeepLabV3Plus, save_converted
+    from s4d_ray.models.sea_raft import SEARAFT, SEARAFTConfig
+    from s4d_ray.models.tapir import TAPIR
+    from s4d_ray.pipeline import run_pipeline
+
+    torch.manual_seed(0)
+    tiny_raft = {
+        "use_var": True, "var_min": 0, "var_max": 10, "pretrain": "resnet18", "initial_dim": 8,
+        "block_dims": [8, 12, 16], "radius": 2, "dim": 8, "num_blocks": 1, "iters": 2,
+    }  # fmt: skip
+    save_model(SEARAFT(SEARAFTConfig.from_dict(tiny_raft)), str(tmp_path / "model.safetensors"))
+    torch.save(TAPIR().state_dict(), tmp_path / "bootstapir_checkpoint_v2.pt")
+    deeplab_config = DeepLabConfig(output_stride=16, atrous_rates=(6, 12, 18))
+    save_converted(
+        DeepLabV3Plus(deeplab_config).state_dict(),
+        deeplab_config,
+        str(tmp_path / "deeplab.safetensors"),
+    )
+
+    no_gpu = {"num_gpus": 0.0, "num_cpus": 0.5, "max_actors": 1}
+    config = config_from_dict(
+        {
+            "backend": "neural",
+            "min_tracks": 0,  # random weights track nothing visible; the wiring is under test
+            "stages": {s: dict(no_gpu) for s in ("stereo", "tracking", "segmentation")}
+            | {s: {"num_cpus": 0.5} for s in ("decode", "lift", "optimize")},
+            "models": {
+                "stereo": {
+                    "weights_uri": str(tmp_path / "model.safetensors"),
+                    "config": tiny_raft,
+                    "batch_size": 4,
+                },
+                "tracking": {
+                    "weights_uri": str(tmp_path / "bootstapir_checkpoint_v2.pt"),
+                    "query_stride": 64,
+                    "resolution": 64,
+                },
+                "segmentation": {
+                    "weights_uri": str(tmp_path / "deeplab.safetensors"),
+                    "input_size": 65,
+                },
+            },
+        }
+    )
+    clip_id = sorted(p.stem for p in (synth_dir / "npz").glob("*.npz"))[0]
+    npz = tmp_path / "npz"
+    npz.mkdir()
+    shutil.copy(synth_dir / "npz" / f"{clip_id}.npz", npz)
+    ray.init(
+        address=ray_head["address"],
+        runtime_env={"working_dir": str(REPO), "excludes": [".venv/", ".git/"]},
+    )
+    try:
+        summary = run_pipeline(
+            str(npz), str(tmp_path / "out"), config, videos=str(synth_dir / "raw")
+        )
+    finally:
+        ray.shutdown()
+    assert summary.clips_done == 1, summary.failures_by_stage
+    record = read_clip(str(tmp_path / "out" / "npz" / f"{clip_id}.npz"))
+    metadata = json.loads(str(record.extras["metadata"]))
+    assert metadata["segmentation"].startswith("deeplabv3plus") and metadata["drift_filter"] == "on"
+    timings = json.loads(str(record.extras["stage_timings"]))
+    assert {"stereo", "tracking", "segmentation", "lift", "optimize"} <= set(timings)

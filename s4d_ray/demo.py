@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="demo_out", help="folder for data/ and output/")
     parser.add_argument("--clips", type=int, default=2)
     parser.add_argument("--frames", type=int, default=24)
-    parser.add_argument("--height", type=int, default=512, help="synthetic equirect height per eye")
+    parser.add_argument(
+        "--height", type=int, default=1024, help="synthetic equirect height per eye, px"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -126,24 +126,17 @@ def build_dataset(rows: list[Row], config: PipelineConfig, output: str):
     common = {"device": models.device, "precision": models.precision}
     ds = ray.data.from_items(rows, override_num_blocks=max(len(rows), 1))
     ds = ds.map(_decode_task, num_cpus=config.resources("decode").num_cpus)
-    ds = ds.map(
-        StereoActor,
-        fn_constructor_args=(config.backend, models.stereo),
-        fn_constructor_kwargs=common,
-        **pool("stereo"),
-    )
-    ds = ds.map(
-        TrackingActor,
-        fn_constructor_args=(config.backend, models.tracking),
-        fn_constructor_kwargs=common,
-        **pool("tracking"),
-    )
-    ds = ds.map(
-        SegmentationActor,
-        fn_constructor_args=(config.backend, models.segmentation),
-        fn_constructor_kwargs=common,
-        **pool("segmentation"),
-    )
+    for actor, stage, options in (
+        (StereoActor, "stereo", models.stereo),
+        (TrackingActor, "tracking", models.tracking),
+        (SegmentationActor, "segmentation", models.segmentation),
+    ):
+        ds = ds.map(
+            actor,
+            fn_constructor_args=(config.backend, options),
+            fn_constructor_kwargs=common,
+            **pool(stage),
+        )
     ds = ds.map(
         _lift_task,
         fn_kwargs={"min_tracks": config.min_tracks},
@@ -288,3 +281,26 @@ def run_pipeline(
     if aborted:
         raise aborted
     return summary
+
+
+def run_in_process(rows: list[Row], config: PipelineConfig, output: str) -> list[dict[str, Any]]:
+    """Every stage of every clip, one after another in this process, no Ray: the same actor
+    classes and tasks as the dataset. For debugging a clip, and the baseline the streaming
+    benchmark compares against. Returns the write stage's summary rows."""
+    from actors.optimizer import OptimizerActor, batch_to_rows, rows_to_batch
+    from actors.segmentation import SegmentationActor
+    from actors.stereo import StereoActor
+    from actors.tracking import TrackingActor
+
+    models = config.models
+    common = {"device": models.device, "precision": models.precision}
+    stereo = StereoActor(config.backend, models.stereo, **common)
+    tracker = TrackingActor(config.backend, models.tracking, **common)
+    segmenter = SegmentationActor(config.backend, models.segmentation, **common)
+    optimizer = OptimizerActor(num_steps=config.optimizer.num_steps)
+    summaries = []
+    for row in rows:
+        row = _lift_task(segmenter(tracker(stereo(_decode_task(row)))), config.min_tracks)
+        (row,) = batch_to_rows(optimizer(rows_to_batch([row])))
+        summaries += batch_to_rows(_write_task(rows_to_batch([row]), output))
+    return summaries

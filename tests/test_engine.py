@@ -26,6 +26,7 @@ import pytest
 from s4d_ray import fs
 from s4d_ray.clip_io import read_clip, write_clip
 from tests.conftest import free_port
+from tests.tiny_models import TINY_SEA_RAFT_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -350,10 +351,7 @@ def test_neural_backend_end_to_end_with_tiny_random_models(ray_head, synth_dir, 
     from s4d_ray.pipeline import run_pipeline
 
     torch.manual_seed(0)
-    tiny_raft = {
-        "use_var": True, "var_min": 0, "var_max": 10, "pretrain": "resnet18", "initial_dim": 8,
-        "block_dims": [8, 12, 16], "radius": 2, "dim": 8, "num_blocks": 1, "iters": 2,
-    }  # fmt: skip
+    tiny_raft = TINY_SEA_RAFT_KEYS
     save_model(SEARAFT(SEARAFTConfig.from_dict(tiny_raft)), str(tmp_path / "model.safetensors"))
     torch.save(TAPIR().state_dict(), tmp_path / "bootstapir_checkpoint_v2.pt")
     deeplab_config = DeepLabConfig(output_stride=16, atrous_rates=(6, 12, 18))

@@ -19,6 +19,7 @@ from s4d_ray.models.sea_raft import (
     load_sea_raft,
 )
 from s4d_ray.models.weights import CheckpointError
+from tests.tiny_models import TINY_SEA_RAFT as TINY
 
 torch.set_num_threads(2)
 
@@ -27,19 +28,6 @@ FIXTURE = json.loads(
 )
 """Tensors of the official spring-M file (names, shapes, dtypes) and the omitted aliases,
 recorded from princeton-vl/SEA-RAFT's RAFT(spring-M) saved as its Hub mixin saves it."""
-
-TINY = SEARAFTConfig(
-    use_var=True,
-    var_min=0,
-    var_max=10,
-    pretrain="resnet18",
-    initial_dim=8,
-    block_dims=(8, 12, 16),
-    radius=2,
-    dim=8,
-    num_blocks=1,
-    iters=2,
-)
 
 
 @pytest.fixture(scope="module")

@@ -9,28 +9,17 @@ import torch
 from safetensors.torch import save_model
 
 from s4d_ray.depth import depth_from_flow, focal_length_px
-from s4d_ray.models.sea_raft import SEARAFT, SEARAFTConfig
+from s4d_ray.models.sea_raft import SEARAFT
 from s4d_ray.stages.stereo import (
     StereoMatcher,
     disparity,
     half_resolution_flow,
     sea_raft_batch_size,
 )
+from tests.tiny_models import TINY_SEA_RAFT as TINY
 
 torch.set_num_threads(2)
 
-TINY = SEARAFTConfig(
-    use_var=True,
-    var_min=0,
-    var_max=10,
-    pretrain="resnet18",
-    initial_dim=8,
-    block_dims=(8, 12, 16),
-    radius=2,
-    dim=8,
-    num_blocks=1,
-    iters=2,
-)
 
 HEIGHT, WIDTH = 96, 160
 BACKGROUND_DISPARITY = 6.0

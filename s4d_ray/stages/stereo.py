@@ -53,20 +53,27 @@ class SGBMStereo:
     """Semi-global matching on grey levels; disparities in [0, num_disparities) at 1/16 px.
 
     The backward pass matches the mirrored pair (right as reference), which gives the right
-    image's disparity with the same matcher. Defaults: 5×5 blocks, P1 = 8·3·5², P2 = 32·3·5²
+    image's disparity with the same matcher. Defaults: 9×9 blocks, P1 = 8·3·9², P2 = 32·3·9²
     (OpenCV's recommended smoothness), uniqueness 10 %, left-right check within 1 px, speckles
-    under 100 px with > 2 px disparity jumps removed. 128 disparities cover depths beyond 0.22 m
+    under 100 px with > 2 px disparity jumps removed, then a 5×5 median over matched pixels:
+    the depth stage's 3 % relative-gradient check (made for RAFT's smooth flow) otherwise
+    rejects most of SGBM's quantised disparities (on synthetic clips: 14 % of pixels kept with
+    5×5 blocks and no median, 30 % with these defaults). 128 disparities cover depths beyond 0.22 m
     for the 512², 60° hfov, 6.3 cm rig (fx ≈ 443 px).
     """
 
     def __init__(
         self,
         num_disparities: int = 128,
-        block_size: int = 5,
+        block_size: int = 9,
         uniqueness_ratio: int = 10,
         speckle_window_size: int = 100,
         speckle_range: int = 2,
+        median_size: int = 5,
     ) -> None:
+        if median_size not in (0, 3, 5):
+            raise ValueError(f"median_size must be 0 (off), 3 or 5, got {median_size}")
+        self.median_size = median_size
         if num_disparities <= 0 or num_disparities % 16:
             raise ValueError(
                 f"num_disparities must be a positive multiple of 16, got {num_disparities}"
@@ -86,7 +93,7 @@ class SGBMStereo:
         )
         self.version = (
             f"opencv-{cv2.__version__}-sgbm3way-d{num_disparities}-b{block_size}"
-            f"-u{uniqueness_ratio}-s{speckle_window_size}x{speckle_range}"
+            f"-u{uniqueness_ratio}-s{speckle_window_size}x{speckle_range}-m{median_size}"
         )
 
     def _disparity(self, reference: np.ndarray, other: np.ndarray) -> np.ndarray:
@@ -102,7 +109,11 @@ class SGBMStereo:
             cv2.copyMakeBorder(other, 0, 0, pad, 0, cv2.BORDER_CONSTANT, value=0),
         )[:, pad:]
         disparity = fixed_point.astype(np.float32) / 16.0
-        disparity[fixed_point < 0] = np.nan
+        unmatched = fixed_point < 0
+        if self.median_size:
+            disparity[unmatched] = 0.0
+            disparity = cv2.medianBlur(disparity, self.median_size)
+        disparity[unmatched] = np.nan
         return disparity
 
     def __call__(self, left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,85 @@
+"""Per-clip stage transforms without Ray: failure capture, placeholders, inputs, in-process run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+
+from s4d_ray.clip_stages import (
+    DECODE,
+    LIFT,
+    STEREO,
+    TooFewTracksError,
+    clip_spec,
+    input_rows,
+    lift_and_filter,
+    run_stage,
+)
+from s4d_ray.config import PipelineConfig
+from s4d_ray.pipeline import run_in_process
+
+
+def test_a_failing_stage_becomes_a_failure_record_with_a_stable_schema():
+    row = clip_spec("abc_1", "/nowhere/abc_1.npz", videos_root="/nowhere")
+    row = run_stage(row, DECODE, lambda r: (_ for _ in ()).throw(OSError("disk on fire")))
+    assert (row["error_stage"], row["error_type"], row["error_message"]) == (
+        "decode",
+        "OSError",
+        "disk on fire",
+    )
+    assert row["left"].shape == (0, 0, 0, 0) and row["left"].dtype == np.uint8
+    assert row["timestamps"].dtype == np.int64 and row["video_id"] == ""
+
+    called = []
+    row = run_stage(row, STEREO, lambda r: called.append(1) or r)
+    assert not called, "a failed clip must not run later stages"
+    assert "right" not in row and row["depth"].shape == (0, 0, 0)
+    assert row["error_stage"] == "decode"
+
+
+def test_stage_timings_are_recorded():
+    row = clip_spec("abc_1", "x.npz", videos_root="v")
+    row = run_stage(row, STEREO, lambda r: {**r, "depth": np.zeros((1, 2, 2), np.float32)})
+    assert "stereo" in json.loads(row["timings"]) and row["error_stage"] == ""
+
+
+def test_too_few_tracks_is_an_error():
+    num_tracks, num_frames = 3, 4
+    c2w = np.tile(np.eye(3, 4, dtype=np.float32), (num_frames, 1, 1))
+    row = {
+        **clip_spec("abc_1", "x.npz", videos_root="v"),
+        "camera2world": c2w,
+        "left": np.zeros((num_frames, 8, 8, 3), np.uint8),
+        "depth": np.zeros((num_frames, 8, 8), np.float32),  # no valid depth anywhere
+        "tracks_2d": np.full((num_tracks, num_frames, 2), 4.0, np.float32),
+        "visible": np.ones((num_tracks, num_frames), bool),
+        "query_frame": np.zeros(num_tracks, np.int64),
+        "point_labels": np.zeros((num_tracks, 0), np.uint8),
+    }
+    row = run_stage(row, LIFT, lambda r: lift_and_filter(r, min_tracks=1))
+    assert row["error_stage"] == "lift" and row["error_type"] == TooFewTracksError.__name__
+    assert "0 valid tracks" in row["error_message"]
+
+
+def test_input_rows_reject_unsafe_names_and_skip_completed(synth_dir, tmp_path):
+    npz = tmp_path / "npz"
+    shutil.copytree(synth_dir / "npz", npz)
+    (npz / "..evil.npz").write_bytes(b"x")
+    clip_ids = sorted(p.stem for p in (synth_dir / "npz").glob("*.npz"))
+    rows, rejected = input_rows(str(npz), str(synth_dir / "raw"), skip=frozenset(clip_ids[:1]))
+    assert [r["clip_id"] for r in rows] == clip_ids[1:]
+    assert [(r["clip_id"], r["error_stage"]) for r in rejected] == [("..evil", "input")]
+    rows, _ = input_rows(str(npz), str(synth_dir / "raw"), limit=2)
+    assert len(rows) == 2
+
+
+def test_whole_pipeline_in_process(synth_dir, tmp_path):
+    """All stages on one synthetic clip without Ray (the engine's logic, minus the wiring)."""
+    rows, _ = input_rows(str(synth_dir / "npz"), str(synth_dir / "raw"), limit=1)
+    (summary,) = run_in_process(rows, PipelineConfig(), str(tmp_path))
+    assert summary["status"] == "done", summary
+    assert summary["num_tracks"] >= 16 and summary["num_frames"] == 12
+    assert (tmp_path / "npz" / f"{rows[0]['clip_id']}.npz").exists()
+    assert len(list((tmp_path / "parquet").glob("*.parquet"))) == 1

@@ -274,15 +274,22 @@ def test_killed_model_actor_is_survived(ray_head, synth_dir, tmp_path):
         killed = []
 
         def kill_tracker() -> None:
+            """SIGKILL the tracking actor as soon as it exists, and its restarted incarnation
+            once more two seconds later (by then it is usually busy with a clip)."""
             deadline = time.time() + 240
-            while time.time() < deadline and not killed:
+            while time.time() < deadline and len(killed) < 2:
                 for actor in list_actors(filters=[("state", "=", "ALIVE")]):
-                    if "TrackingActor" in (actor.class_name or "") and actor.pid:
-                        time.sleep(1.0)  # let it start on a clip
+                    if (
+                        "TrackingActor" in (actor.class_name or "")
+                        and actor.pid
+                        and actor.pid not in killed
+                    ):
                         os.kill(actor.pid, signal.SIGKILL)
                         killed.append(actor.pid)
-                        return
-                time.sleep(0.3)
+                        time.sleep(2.0)
+                        break
+                else:
+                    time.sleep(0.2)
 
         killer = threading.Thread(target=kill_tracker, daemon=True)
         killer.start()

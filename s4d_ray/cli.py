@@ -40,6 +40,51 @@ def _run(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from s4d_ray.dynadust3r_eval import predict_to_files, read_image, read_video_pair
+
+    if args.video:
+        image1, image2 = read_video_pair(args.video, *args.pair)
+    else:
+        image1, image2 = (read_image(uri) for uri in args.images)
+    for path in predict_to_files(
+        args.checkpoint, image1, image2, args.time, args.out, args.size, args.device
+    ):
+        print(path)
+    return 0
+
+
+def _eval_dynadust3r(args: argparse.Namespace) -> int:
+    import json
+
+    from s4d_ray.dynadust3r_data import SampleConfig
+    from s4d_ray.dynadust3r_eval import evaluate_checkpoint, write_json
+
+    config = SampleConfig(
+        image_size=args.image_size,
+        pairs_per_clip=args.pairs_per_clip,
+        min_tracks=args.min_tracks,
+        seed=args.seed,
+    )
+    result = evaluate_checkpoint(
+        args.checkpoint,
+        args.npz,
+        args.videos,
+        args.rectified,
+        args.limit,
+        args.align_scale,
+        config,
+        args.device,
+    )
+    print(
+        f"EPE {result['epe_m']:.4f} m  <5cm {result['under_5cm']:.1%}  "
+        f"<10cm {result['under_10cm']:.1%}  ({result['points']} points, {result['pairs']} pairs)"
+    )
+    write_json(result, args.out)
+    print(json.dumps({"json": args.out}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="s4d", description="Stereo VR180 video to metric 4D training data (Stereo4D)."
@@ -76,6 +121,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(run)
     run.set_defaults(func=_run)
+
+    predict = sub.add_parser(
+        "predict", help="DynaDUSt3R on one frame pair: pointmaps + 3D motion (npz) and a PNG"
+    )
+    predict.add_argument("--checkpoint", required=True, help="DUSt3R/DynaDUSt3R .pth (any URI)")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", nargs=2, metavar=("A", "B"), help="two image files")
+    source.add_argument("--video", help="a video; frames --pair I J")
+    predict.add_argument("--pair", nargs=2, type=int, default=(0, 10), metavar=("I", "J"))
+    predict.add_argument("--time", type=float, default=0.5, help="query time in [0, 1]")
+    predict.add_argument("--out", required=True, help="output folder (any URI)")
+    predict.add_argument("--size", type=int, default=512, help="long side of the model input")
+    predict.add_argument("--device", default="auto")
+    predict.set_defaults(func=_predict)
+
+    evaluate = sub.add_parser(
+        "eval-dynadust3r", help="3D end-point error of DynaDUSt3R motion on held-out clips"
+    )
+    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--npz", required=True, help="folder or glob of release npz")
+    evaluate.add_argument("--videos", default="", help="folder of raw VR180 <video_id>.mp4")
+    evaluate.add_argument("--rectified", default="", help="folder of <clip_id>-left_rectified.mp4")
+    evaluate.add_argument("--limit", type=int, default=None, help="at most N clips")
+    evaluate.add_argument("--align-scale", action="store_true", help="per-pair LSQ scale")
+    evaluate.add_argument("--image-size", type=int, default=512)
+    evaluate.add_argument("--pairs-per-clip", type=int, default=16)
+    evaluate.add_argument("--min-tracks", type=int, default=256)
+    evaluate.add_argument("--seed", type=int, default=1, help="pair sampling (training uses 0)")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--out", default="dynadust3r_eval.json", help="JSON result (any URI)")
+    evaluate.set_defaults(func=_eval_dynadust3r)
     return parser
 
 
@@ -84,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     from s4d_ray.clip_io import ClipValidationError
     from s4d_ray.errors import StageError
     from s4d_ray.ids import UnsafeIdError
+    from s4d_ray.models.weights import CheckpointError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -92,7 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (StageError, ClipValidationError, UnsafeIdError, FileNotFoundError) as e:
+    except (
+        StageError,
+        ClipValidationError,
+        UnsafeIdError,
+        CheckpointError,
+        FileNotFoundError,
+    ) as e:
         print(f"s4d {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -118,9 +118,7 @@ def build_dataset(rows: list[Row], config: PipelineConfig, output: str):
             "compute": ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
             "num_cpus": res.num_cpus,
             "num_gpus": res.num_gpus,
-            "max_restarts": -1,
-            "max_task_retries": -1,
-        }
+        }  # Ray Data restarts dead pool actors and retries their tasks by default
 
     models = config.models
     common = {"device": models.device, "precision": models.precision}

@@ -213,6 +213,28 @@ def test_job_submit_outputs_failures_metrics_and_resume(ray_head, engine_inputs,
     assert len(list((output / "failures").glob("*.parquet"))) == 1
 
 
+def test_systemic_failures_abort_the_job(ray_head, engine_inputs, tmp_path):
+    """With --max-failure-fraction the job stops early when most clips fail (a systemic
+    error), after writing the failures and the summary so far; the exit is an error."""
+    root, good, bad = engine_inputs
+    npz = tmp_path / "npz"
+    npz.mkdir()
+    for name in [good[0], *bad]:
+        shutil.copy(root / "npz" / f"{name}.npz", npz)
+    config = tmp_path / "check_early.json"
+    config.write_text(json.dumps({"failure_check_after": 4}))
+    output = tmp_path / "out"
+    result = submit(
+        ray_head, "--npz", str(npz), "--videos", str(root / "raw"), "--output", str(output),
+        "--config", str(config), "--max-failure-fraction", "0.25",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "aborted:" in result.stdout + result.stderr
+    failures = pq.read_table(output / "failures" / "failures-all.parquet").to_pylist()
+    assert len(failures) >= 3 and {f["clip_id"] for f in failures} <= set(bad)
+    assert json.loads((output / "summary.json").read_text())["clips_failed"] >= 3
+
+
 def test_killed_job_resubmitted_finishes_without_redoing(ray_head, synth_dir, tmp_path):
     """Two clips finished earlier; a job over all four is stopped while its pipeline runs;
     the resubmitted job completes the rest, rewrites none of the finished, duplicates none."""

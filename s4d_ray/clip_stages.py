@@ -40,8 +40,8 @@ from s4d_ray.drift_filter import filter_point_labels, sample_labels
 from s4d_ray.geometry import RECTIFIED_HFOV_DEG, invert_poses
 from s4d_ray.ids import validate_clip_id, validate_video_id
 from s4d_ray.lift import camera_centers, lift_tracks, motion_displacement, query_colours
-from s4d_ray.rectify import rectify_clip
-from s4d_ray.video import decode_frames_at
+from s4d_ray.rectify import find_rectified_videos, rectify_clip
+from s4d_ray.video import decode_first_frames
 from s4d_ray.writer import build_clip_record, write_clip_npz, write_parquet_shard
 
 Row = dict[str, Any]
@@ -192,13 +192,12 @@ def decode_and_rectify(row: Row) -> Row:
         left, right = rectify_clip(record, video_uri)
     else:
         left, right = (
-            np.stack(list(decode_frames_at(uri, record.timestamps, clip_id, "decode")))
+            decode_first_frames(uri, record.num_frames, clip_id, "decode")
             for uri in (row["left_uri"], row["right_uri"])
         )
-        if left.shape != right.shape or left.shape[0] != record.num_frames:
+        if left.shape != right.shape:
             raise ValueError(
-                f"clip {clip_id!r}: rectified videos give {left.shape} and {right.shape} "
-                f"for {record.num_frames} timestamps"
+                f"clip {clip_id!r}: rectified videos differ in shape: {left.shape} vs {right.shape}"
             )
     row.update(
         video_id=record.video_id,
@@ -354,12 +353,9 @@ def input_rows(
         if clip_id in skip:
             continue
         if rectified:
-            nested = fs.join(rectified, clip_id, f"{clip_id}-left_rectified.mp4")
-            base = fs.join(rectified, clip_id) if fs.exists(nested) else rectified
-            pair = tuple(
-                fs.join(base, f"{clip_id}-{eye}_rectified.mp4") for eye in ("left", "right")
+            rows.append(
+                clip_spec(clip_id, uri, rectified=find_rectified_videos(rectified, clip_id))
             )
-            rows.append(clip_spec(clip_id, uri, rectified=pair))
         else:
             rows.append(clip_spec(clip_id, uri, videos_root=videos))
         if limit is not None and len(rows) >= limit:

@@ -28,7 +28,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import av
 import cv2
 import numpy as np
 
@@ -36,7 +35,8 @@ from s4d_ray import fs
 from s4d_ray.clip_io import ClipRecord, read_clip
 from s4d_ray.geometry import RECTIFIED_HFOV_DEG, intrinsics
 from s4d_ray.ids import validate_video_id
-from s4d_ray.rectify import iter_rectified
+from s4d_ray.rectify import find_rectified_videos, iter_rectified
+from s4d_ray.video import decode_first_frames
 
 log = logging.getLogger(__name__)
 
@@ -237,19 +237,8 @@ def read_left_frames(
         return np.stack([left for left, _ in iter_rectified(record, video)])
     if not rectified_uri:
         raise ValueError("give a raw video folder or a rectified video folder")
-    name = f"{record.name}-left_rectified.mp4"
-    nested = fs.join(rectified_uri, record.name, name)
-    uri = nested if fs.exists(nested) else fs.join(rectified_uri, name)
-    frames = []
-    filesystem, path = fs.filesystem(uri)
-    with filesystem.open(path, "rb") as f, av.open(f) as container:
-        for frame in container.decode(video=0):
-            frames.append(frame.to_ndarray(format="rgb24"))
-            if len(frames) == record.num_frames:
-                break
-    if len(frames) != record.num_frames:
-        raise ValueError(f"{uri!r} has {len(frames)} frames, the clip {record.num_frames}")
-    return np.stack(frames)
+    left_uri, _ = find_rectified_videos(rectified_uri, record.name)
+    return decode_first_frames(left_uri, record.num_frames, record.name, "samples")
 
 
 def clip_samples(

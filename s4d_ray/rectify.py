@@ -146,6 +146,15 @@ def rectified_video_uris(output_folder: str, clip_id: str) -> tuple[str, str]:
     )
 
 
+def find_rectified_videos(folder: str, clip_id: str) -> tuple[str, str]:
+    """A clip's (left, right) rectified mp4s in `folder`: the reference's `<id>/<id>-…` layout,
+    else flat `<id>-{left,right}_rectified.mp4`."""
+    nested = rectified_video_uris(folder, clip_id)
+    if fs.exists(nested[0]):
+        return nested
+    return tuple(fs.join(folder, f"{clip_id}-{eye}_rectified.mp4") for eye in ("left", "right"))
+
+
 def rectify_to_files(
     clip_id: str,
     npz_folder: str,

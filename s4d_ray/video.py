@@ -115,6 +115,29 @@ def decode_frames_at(
         )
 
 
+def decode_first_frames(
+    uri: str, count: int, clip_id: str = "", stage: str = "decode"
+) -> np.ndarray:
+    """The first `count` RGB frames [count,H,W,3] uint8 of a video, decoded in order.
+
+    For videos whose frame k is clip frame k (the reference's rectified mp4s are written at a
+    fixed 30 fps from frame 0, so the raw timestamps do not apply to them).
+    """
+    label = clip_id or uri
+    frames = []
+    try:
+        with _open(uri) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for frame in container.decode(stream):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if len(frames) == count:
+                    return np.stack(frames)
+    except (av.FFmpegError, IndexError, OSError) as e:
+        raise VideoError(label, stage, f"cannot decode video {uri!r}: {e}") from e
+    raise VideoError(label, stage, f"{uri!r} has {len(frames)} frames, the clip needs {count}")
+
+
 def write_video(
     uri: str, frames: Iterable[np.ndarray], fps: float = 30.0, crf: int = 18, codec: str = "libx264"
 ) -> int:

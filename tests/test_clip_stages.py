@@ -83,3 +83,18 @@ def test_whole_pipeline_in_process(synth_dir, tmp_path):
     assert summary["num_tracks"] >= 16 and summary["num_frames"] == 12
     assert (tmp_path / "npz" / f"{rows[0]['clip_id']}.npz").exists()
     assert len(list((tmp_path / "parquet").glob("*.parquet"))) == 1
+
+
+def test_already_rectified_inputs(synth_dir, tmp_path):
+    """`--rectified`: the reference's `<id>/<id>-{left,right}_rectified.mp4` instead of raw video."""
+    from s4d_ray.rectify import rectify_to_files
+
+    clip_id = sorted(p.stem for p in (synth_dir / "npz").glob("*.npz"))[0]
+    npz = tmp_path / "npz"
+    npz.mkdir()
+    shutil.copy(synth_dir / "npz" / f"{clip_id}.npz", npz)
+    rectify_to_files(clip_id, str(npz), str(synth_dir / "raw"), str(tmp_path / "processed"))
+    rows, _ = input_rows(str(npz), rectified=str(tmp_path / "processed"))
+    assert rows[0]["left_uri"].endswith(f"{clip_id}/{clip_id}-left_rectified.mp4")
+    (summary,) = run_in_process(rows, PipelineConfig(), str(tmp_path / "out"))
+    assert summary["status"] == "done", summary

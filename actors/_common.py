@@ -1,4 +1,4 @@
-"""What every model actor shares: device choice, running a stage with its metrics."""
+"""What every model actor shares: stage options for a device, running a stage with metrics."""
 
 from __future__ import annotations
 
@@ -7,15 +7,7 @@ from typing import Any
 
 from s4d_ray import metrics
 from s4d_ray.clip_stages import Row, Stage, failed, run_stage
-
-
-def pick_device(device: str) -> str:
-    """'auto' → 'cuda' when this actor was given a GPU, else 'cpu'."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+from s4d_ray.models.device import pick_device
 
 
 def neural_options(options: dict[str, Any], device: str, precision: str) -> dict[str, Any]:

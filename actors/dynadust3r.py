@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from actors._common import pick_device
 from s4d_ray.dynadust3r_eval import predict_pairs
+from s4d_ray.models.device import pick_device
 
 
 class DynaDUSt3RActor:

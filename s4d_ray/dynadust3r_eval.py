@@ -21,6 +21,7 @@ from torch import Tensor
 from s4d_ray import fs
 from s4d_ray.dynadust3r_data import TARGET_COLUMNS, FilterCounts, SampleConfig, iter_samples
 from s4d_ray.dynadust3r_loss import least_squares_scale, moved_point_errors
+from s4d_ray.models.device import pick_device
 from s4d_ray.models.dynadust3r import DynaDUSt3R, load_dust3r
 
 log = logging.getLogger(__name__)
@@ -35,13 +36,6 @@ OUTPUT_KEYS = (
     ("motion_2", 2, "motion"),
     ("motion_conf_2", 2, "motion_conf"),
 )
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """'auto' = CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def images_to_views(
@@ -151,7 +145,7 @@ def evaluate_checkpoint(
     batch_size: int = 4,
 ) -> dict[str, Any]:
     """Load a DUSt3R/DynaDUSt3R checkpoint and evaluate it on the clips under `npz_uri`."""
-    model = load_dust3r(checkpoint).to(pick_device(device))
+    model = load_dust3r(checkpoint).to(torch.device(pick_device(device)))
     counts = FilterCounts()
     config = config or SampleConfig()
     samples = iter_samples(npz_uri, videos_uri, rectified_uri, config, limit, counts)
@@ -233,7 +227,7 @@ def predict_to_files(
     """Predict one pair and write OUT/prediction.npz (no pickle) and OUT/prediction.png."""
     if not 0.0 <= query_time <= 1.0:
         raise ValueError(f"query time must be in [0, 1], got {query_time}")
-    model = load_dust3r(checkpoint).to(pick_device(device))
+    model = load_dust3r(checkpoint).to(torch.device(pick_device(device)))
     patch = model.config.patch_size
     first, second = prepare_image(image1, size, patch), prepare_image(image2, size, patch)
     if first.shape != second.shape:

@@ -285,7 +285,7 @@ def test_killed_model_actor_is_survived(ray_head, synth_dir, tmp_path):
     import ray
     from ray.util.state import list_actors
 
-    from s4d_ray.config import PipelineConfig
+    from s4d_ray.config import config_from_dict
     from s4d_ray.pipeline import run_pipeline
 
     ray.init(
@@ -316,8 +316,10 @@ def test_killed_model_actor_is_survived(ray_head, synth_dir, tmp_path):
         killer = threading.Thread(target=kill_tracker, daemon=True)
         killer.start()
         output = tmp_path / "out"
+        # a dense query grid keeps the tracker busy for seconds per clip: time to find it
+        busy = config_from_dict({"models": {"tracking": {"query_stride": 3}}})
         summary = run_pipeline(
-            str(synth_dir / "npz"), str(output), PipelineConfig(), videos=str(synth_dir / "raw")
+            str(synth_dir / "npz"), str(output), busy, videos=str(synth_dir / "raw")
         )
         killer.join(5)
     finally:

@@ -66,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
     except TooManyFailuresError as error:
         print(f"aborted: {error}", file=sys.stderr)
         return 3
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     printable = {k: v for k, v in summary.__dict__.items() if k != "config"}
     print(json.dumps(printable, indent=2, sort_keys=True))
     return 0

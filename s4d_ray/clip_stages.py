@@ -337,9 +337,15 @@ def input_rows(
     Raw videos are looked up as `<videos>/<video_id>.mp4` when the clip is decoded; with
     `rectified`, as `<rectified>/<clip_id>/<clip_id>-{left,right}_rectified.mp4` or directly
     `<rectified>/<clip_id>-{left,right}_rectified.mp4`. File names that are not valid clip ids
-    become failure rows (stage `input`) instead of paths. Clips in `skip` are left out.
+    become failure rows (stage `input`) instead of paths. Clips in `skip` are left out. No npz
+    at all is an error (usually a wrong path), not an empty job.
     """
     uris = fs.list_files(npz, ".npz")
+    if not uris:
+        raise FileNotFoundError(
+            f"no .npz files under {npz!r} (a relative path resolves in the job's working dir; "
+            "give an absolute path or a URI)"
+        )
     rows, rejected = [], []
     for uri in uris:
         stem = uri.rstrip("/").rsplit("/", 1)[-1][: -len(".npz")]

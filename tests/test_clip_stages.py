@@ -6,6 +6,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 
 from s4d_ray.clip_stages import (
     DECODE,
@@ -98,3 +99,8 @@ def test_already_rectified_inputs(synth_dir, tmp_path):
     assert rows[0]["left_uri"].endswith(f"{clip_id}/{clip_id}-left_rectified.mp4")
     (summary,) = run_in_process(rows, PipelineConfig(), str(tmp_path / "out"))
     assert summary["status"] == "done", summary
+
+
+def test_no_npz_is_an_error_not_an_empty_job(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no .npz files under"):
+        input_rows(str(tmp_path / "missing"), str(tmp_path))

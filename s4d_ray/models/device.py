@@ -1,6 +1,11 @@
-"""Where a model runs."""
+"""Where and in which arithmetic a model runs."""
 
 from __future__ import annotations
+
+from typing import Any
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+"""Neural backend arithmetic: fp32, or bf16 / fp16 autocast."""
 
 
 def pick_device(device: str = "auto") -> str:
@@ -10,3 +15,17 @@ def pick_device(device: str = "auto") -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_precision(precision: str) -> str:
+    """`precision` if it is one of PRECISIONS, else a ValueError naming the choices."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def autocast_dtype(precision: str) -> Any:
+    """The torch dtype to autocast to for `precision` (None for fp32: no autocast)."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(check_precision(precision))

@@ -17,9 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from s4d_ray.ade20k import LABEL_NAMES, SKY_LABELS, STATIC_LABELS  # noqa: F401 (re-exported)
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-"""Neural backend arithmetic: fp32, or bf16 / fp16 autocast."""
+from s4d_ray.models.device import autocast_dtype, check_precision
 
 BACKENDS = ("neural", "cpu")
 
@@ -46,8 +44,7 @@ class Segmenter:
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        check_precision(precision)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.backend = backend
@@ -89,16 +86,13 @@ class Segmenter:
             raise ValueError(f"frames must be [T,H,W,3] uint8, got {frames.shape} {frames.dtype}")
         if not self.enabled:
             return None
-        import torch
-
         from s4d_ray.models.deeplab import segment_frames
 
-        autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         return segment_frames(
             self.model,
             frames,
             batch_size=self.batch_size,
-            autocast_dtype=autocast_dtype,
+            autocast_dtype=autocast_dtype(self.precision),
             input_size=self.input_size,
         )
 

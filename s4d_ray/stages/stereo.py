@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from s4d_ray.models.device import autocast_dtype, check_precision
+
 if TYPE_CHECKING:
     import torch
 
     from s4d_ray.models.sea_raft import SEARAFTConfig
 
 BACKENDS = ("cpu", "neural")
-PRECISIONS = ("fp32", "bf16", "fp16")
-"""Neural backend arithmetic: fp32, or bf16 / fp16 autocast."""
 
 NEURAL_SCALE = 0.5
 """Image scale the flow network sees: 2**scale with spring-M's `scale` = −1."""
@@ -200,8 +200,7 @@ class SEARAFTStereo:
 
         from s4d_ray.models.sea_raft import DEFAULT_URI, load_sea_raft
 
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        check_precision(precision)
         weights_uri = weights_uri or DEFAULT_URI
         self.device = torch.device(device)
         self.model = load_sea_raft(weights_uri, config).to(self.device)
@@ -212,7 +211,7 @@ class SEARAFTStereo:
     def _flow(self, image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
         import torch
 
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        dtype = autocast_dtype(self.precision)
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             return self.model(image1, image2, test_mode=True)["flow"][-1]
 

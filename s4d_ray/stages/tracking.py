@@ -23,13 +23,12 @@ from typing import TYPE_CHECKING, NamedTuple
 import cv2
 import numpy as np
 
+from s4d_ray.models.device import autocast_dtype, check_precision
 from s4d_ray.queries import TrackFn, track_with_pruning
 
 if TYPE_CHECKING:
     import torch
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-"""Neural backend arithmetic: fp32, or bf16 / fp16 autocast."""
 
 DEFAULT_QUERY_STRIDE = {"neural": 4, "cpu": 8}
 """Query grid stride in px per backend. Stereo4D uses 4 (128x128 queries on 512x512). Lucas-Kanade
@@ -201,8 +200,7 @@ class TapirBackend:
     ) -> None:
         import torch
 
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        check_precision(precision)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.precision = precision
@@ -212,7 +210,7 @@ class TapirBackend:
     def _autocast(self):
         import torch
 
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        dtype = autocast_dtype(self.precision)
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def bind(self, frames: np.ndarray) -> TrackFn:

@@ -19,9 +19,15 @@ def apply_stage(row: Row, stage: Stage, fn: Callable[[Row], Row]) -> Row:
     """`run_stage` plus the stage's metrics (seconds, and a failure count if it failed here)."""
     was_failed = failed(row)
     row = run_stage(row, stage, fn)
-    if not was_failed:
-        if failed(row):
-            metrics.record_clip_failed(stage.name)
-        else:
-            metrics.record_stage_from_row(row, stage.name)
+    record_stage_outcome(row, stage, was_failed)
     return row
+
+
+def record_stage_outcome(row: Row, stage: Stage, was_failed: bool) -> None:
+    """Metrics of one clip after `stage`: its seconds, or a failure if it failed right here."""
+    if was_failed:
+        return
+    if failed(row):
+        metrics.record_clip_failed(stage.name)
+    else:
+        metrics.record_stage_from_row(row, stage.name)

@@ -166,12 +166,14 @@ class ClipRecord:
         return cls(**kwargs, extras=extras).validate()
 
 
+def npz_stem(uri: str) -> str:
+    """The file name of `uri` without `.npz`, not yet validated as a clip id."""
+    return uri.rstrip("/").rsplit("/", 1)[-1].removesuffix(".npz")
+
+
 def clip_id_from_uri(uri: str) -> str:
     """Clip id from a `<clip_id>.npz` file name, validated."""
-    base = uri.rstrip("/").rsplit("/", 1)[-1]
-    if base.endswith(".npz"):
-        base = base[: -len(".npz")]
-    return validate_clip_id(base)
+    return validate_clip_id(npz_stem(uri))
 
 
 def read_clip(uri: str) -> ClipRecord:

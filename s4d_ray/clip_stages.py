@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from s4d_ray import fs
-from s4d_ray.clip_io import read_clip
+from s4d_ray.clip_io import npz_stem, read_clip
 from s4d_ray.depth import depth_from_flow
 from s4d_ray.drift_filter import filter_point_labels, sample_labels
 from s4d_ray.geometry import RECTIFIED_HFOV_DEG, invert_poses
@@ -171,6 +171,23 @@ def run_stage(row: Row, stage: Stage, fn: Callable[[Row], Row]) -> Row:
         row.pop(column, None)
     _update_json(row, "timings", {stage.name: round(time.perf_counter() - start, 4)})
     return row
+
+
+def batch_to_rows(batch: dict[str, np.ndarray]) -> list[Row]:
+    """Ray Data numpy batch (column → array over clips) → list of clip rows."""
+    size = len(next(iter(batch.values())))
+    return [{k: v[i] for k, v in batch.items()} for i in range(size)]
+
+
+def rows_to_batch(rows: list[Row]) -> dict[str, np.ndarray]:
+    """List of clip rows → numpy batch; ragged arrays become object columns."""
+    batch = {}
+    for key in rows[0]:
+        values = [row[key] for row in rows]
+        column = np.empty(len(values), dtype=object)
+        column[:] = values
+        batch[key] = column
+    return batch
 
 
 def clip_seed(clip_id: str) -> int:
@@ -348,7 +365,7 @@ def input_rows(
         )
     rows, rejected = [], []
     for uri in uris:
-        stem = uri.rstrip("/").rsplit("/", 1)[-1][: -len(".npz")]
+        stem = npz_stem(uri)
         try:
             clip_id = validate_clip_id(stem)
         except ValueError as error:

@@ -14,6 +14,7 @@ error is printed too.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import time
@@ -27,7 +28,7 @@ from s4d_ray.clip_io import ClipRecord, read_clip
 from s4d_ray.config import PipelineConfig
 from s4d_ray.evaluate import evaluate_clip
 from s4d_ray.geometry import RECTIFIED_HFOV_DEG, intrinsics, project_points
-from s4d_ray.rectify import LowResolutionWarning, rectify_clip
+from s4d_ray.rectify import LowResolutionWarning, iter_rectified
 from s4d_ray.synth import SynthConfig, load_ground_truth, synth_dataset
 
 
@@ -65,9 +66,10 @@ def save_picture(data: str, output: str, clip_id: str) -> str:
     """`<output>/preview_<clip>.png`: the rectified left frame mid-clip with the 3D tracks."""
     record = read_clip(fs.join(output, "npz", f"{clip_id}.npz"))
     source = read_clip(fs.join(data, "npz", f"{clip_id}.npz"))
-    left, _ = rectify_clip(source, fs.join(data, "raw", f"{source.video_id}.mp4"))
     frame = record.num_frames // 2
-    panel = np.concatenate([left[frame], draw_tracks(left[frame], record, frame)], axis=1)
+    rectified = iter_rectified(source, fs.join(data, "raw", f"{source.video_id}.mp4"))
+    left, _ = next(itertools.islice(rectified, frame, None))  # decodes no further than `frame`
+    panel = np.concatenate([left, draw_tracks(left, record, frame)], axis=1)
     ok, png = cv2.imencode(".png", panel[..., ::-1])
     if not ok:
         raise RuntimeError("PNG encoding failed")

@@ -24,14 +24,17 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from s4d_ray import fs
+from s4d_ray.clip_io import npz_stem
 from s4d_ray.clip_stages import (
     DECODE,
     LIFT,
     STAGES,
     Row,
+    batch_to_rows,
     decode_and_rectify,
     input_rows,
     lift_and_filter,
+    rows_to_batch,
     write_rows,
 )
 from s4d_ray.config import PipelineConfig, config_to_dict
@@ -55,10 +58,7 @@ class TooManyFailuresError(RuntimeError):
 
 def completed_clip_ids(output: str) -> set[str]:
     """Clips with an npz and a row in some Parquet shard under `output`."""
-    npz = {
-        u.rsplit("/", 1)[-1][: -len(".npz")]
-        for u in fs.list_files(fs.join(output, NPZ_DIR), ".npz")
-    }
+    npz = {npz_stem(u) for u in fs.list_files(fs.join(output, NPZ_DIR), ".npz")}
     in_shards: set[str] = set()
     for uri in fs.list_files(fs.join(output, PARQUET_DIR), ".parquet"):
         filesystem, path = fs.filesystem(uri)
@@ -83,7 +83,6 @@ def _lift_task(row: Row, min_tracks: int) -> Row:
 
 
 def _write_task(batch: dict[str, np.ndarray], output: str) -> dict[str, np.ndarray]:
-    from actors.optimizer import batch_to_rows, rows_to_batch
     from s4d_ray import metrics
 
     summaries = write_rows(batch_to_rows(batch), output)
@@ -237,6 +236,7 @@ def run_pipeline(
     if rows:
         for clip in build_dataset(rows, config, output).iter_rows():
             if clip["status"] == "done":
+                completed.add(str(clip["clip_id"]))  # its npz and shard row are written
                 summary.clips_done += 1
                 summary.frames_done += int(clip["num_frames"])
                 summary.tracks_done += int(clip["num_tracks"])
@@ -273,7 +273,7 @@ def run_pipeline(
     summary.clips_per_hour = (
         round(3600 * summary.clips_done / summary.wall_seconds, 2) if summary.wall_seconds else 0.0
     )
-    _consolidate_failures(output, failures, completed_clip_ids(output))
+    _consolidate_failures(output, failures, completed)
     with fs.open_atomic(fs.join(output, "summary.json"), "w") as f:
         f.write(json.dumps(summary.__dict__, indent=2, sort_keys=True))
     if aborted:
@@ -285,7 +285,7 @@ def run_in_process(rows: list[Row], config: PipelineConfig, output: str) -> list
     """Every stage of every clip, one after another in this process, no Ray: the same actor
     classes and tasks as the dataset. For debugging a clip, and the baseline the streaming
     benchmark compares against. Returns the write stage's summary rows."""
-    from actors.optimizer import OptimizerActor, batch_to_rows, rows_to_batch
+    from actors.optimizer import OptimizerActor
     from actors.segmentation import SegmentationActor
     from actors.stereo import StereoActor
     from actors.tracking import TrackingActor

@@ -54,6 +54,7 @@ FOV_BOUNDS = np.array([-90.0, 90.0, -90.0, 90.0])
 GROUND_Y = 1.6  # the ground is 1.6 m below the rig (y points down)
 SKY_Y = -4.0  # façades and walls end 4 m above the rig
 SIDE_X = 7.0
+SIDEWALK_FROM_X = SIDE_X - 1.8  # the ground is sidewalk within 1.8 m of the façades
 BACK_Z = 16.0
 TEXTURE_SIZE = 512
 
@@ -233,10 +234,8 @@ class Scene:
         """ADE20K label per ray [M] uint8 (sky where nothing was hit)."""
         table = np.array([s.label for s in self.surfaces] + [ADE_SKY], np.uint8)
         labels = table[hits.surface]
-        ground = self.planes[0]
-        on_ground = hits.surface == 0
-        labels[on_ground & (np.abs(hits.canonical[:, 0]) > SIDE_X - 1.8)] = ADE_SIDEWALK
-        assert ground.label == ADE_ROAD
+        on_ground = hits.surface == 0  # the road plane, sidewalk near the façades
+        labels[on_ground & (np.abs(hits.canonical[:, 0]) > SIDEWALK_FROM_X)] = ADE_SIDEWALK
         return labels
 
     def object_ids_of(self, hits: Hits) -> np.ndarray:
@@ -258,7 +257,7 @@ class Scene:
                     surf.texture, p[:, a] / surf.texel_m, p[:, b] / surf.texel_m
                 )
                 if index == 0:
-                    walk = np.abs(p[:, 0]) > SIDE_X - 1.8
+                    walk = np.abs(p[:, 0]) > SIDEWALK_FROM_X
                     colour[walk] = 0.55 * colour[walk] + 90.0
             else:
                 lon = np.arctan2(p[:, 0], p[:, 2])

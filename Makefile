@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m s4d_ray.demo --out $(DEMO_OUT)
+	$(BIN)/python -m s4d_ray.synthetic.demo --out $(DEMO_OUT)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

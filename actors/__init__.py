@@ -1,5 +1,9 @@
-"""One Ray actor class per pinned model: load once in the constructor, one clip per call.
+"""Ray actors for models used outside the engine's own pipeline (callable classes for
+`Dataset.map_batches(..., compute=ActorPoolStrategy(...))` in your own Ray Data jobs).
 
-Each actor is a callable class for `Dataset.map(..., compute=ActorPoolStrategy(...))`; the
-stage logic it runs lives in `s4d_ray.clip_stages` and is testable without Ray.
+The engine's model actors — SEA-RAFT/SGBM (`StereoActor`), BootsTAP/Lucas–Kanade
+(`TrackingActor`), DeepLab (`SegmentationActor`) and the optimiser reducer (`OptimizeActor`) —
+are built from the one stage list, `s4d_ray/engine/stage_list.py`, by
+`s4d_ray/engine/runner.py`, so that the Ray graph and the in-process runner cannot drift
+apart and the library never imports this package.
 """

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from s4d_ray.dynadust3r_eval import predict_pairs
+from s4d_ray.dynadust3r.inference import predict_pairs
 from s4d_ray.models.device import pick_device
 
 

@@ -1,4 +1,4 @@
-"""Track optimiser benchmark: reference transcription vs `s4d_ray.optimize`, plus a full clip.
+"""Track optimiser benchmark: reference transcription vs `s4d_ray.track.optimize`, plus a full clip.
 
 Each measurement runs in a fresh Python subprocess, so JAX compilation is part of the time.
 Prints wall seconds, process CPU seconds (user + sys, all threads; steadier than wall time on a
@@ -66,7 +66,7 @@ def _worker(implementation: str, num_tracks: int, num_frames: int, output: str |
 
         optimized, mask = reference_optimize_tracks(np.nan_to_num(points), visible, centers, motion)
     else:
-        from s4d_ray.optimize import optimize_tracks
+        from s4d_ray.track.optimize import optimize_tracks
 
         optimized, mask = optimize_tracks(points, visible, centers, motion)
     wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu

@@ -17,11 +17,11 @@ import tempfile
 import time
 import warnings
 
-from s4d_ray.clip_stages import input_rows
-from s4d_ray.config import PipelineConfig
-from s4d_ray.pipeline import run_in_process, run_pipeline
-from s4d_ray.rectify import LowResolutionWarning
-from s4d_ray.synth import SynthConfig, synth_dataset
+from s4d_ray.engine.clip_stages import input_rows
+from s4d_ray.engine.config import PipelineConfig
+from s4d_ray.engine.pipeline import run_in_process, run_pipeline
+from s4d_ray.geometry.rectify import LowResolutionWarning
+from s4d_ray.synthetic.synth import SynthConfig, synth_dataset
 
 
 def main() -> None:

@@ -19,9 +19,9 @@ import warnings
 import cv2
 import numpy as np
 
-from s4d_ray.clip_io import read_clip
-from s4d_ray.rectify import LowResolutionWarning, rectify_clip, rectify_frame_two_step
-from s4d_ray.synth import SynthConfig, synth_clip
+from s4d_ray.geometry.rectify import LowResolutionWarning, rectify_clip, rectify_frame_two_step
+from s4d_ray.io.clip_io import read_clip
+from s4d_ray.synthetic.synth import SynthConfig, synth_clip
 
 
 def reference_rectify(record, video_path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ It keeps the reference's algorithmic shape on purpose, including its costs:
   re-created, hence re-compiled, for every chunk).
 
 The one interface change: the reference derives the motion scores from its `Track3d` object;
-here they are an input, as in `s4d_ray.optimize`. Not a library module: import it only from
+here they are an input, as in `s4d_ray.track.optimize`. Not a library module: import it only from
 benchmarks and tests.
 """
 

@@ -11,6 +11,9 @@ if [ "${1:-start}" = "stop" ]; then
 fi
 # More logical CPUs than cores: model actors take fractional CPUs, and read/decode tasks must
 # still find a slot on a 2-core laptop (an actor pool holding every CPU starves them).
+# Ray 2.60 heads authenticate clients with a token: make one on first use (~/.ray/auth_token);
+# clients send it with RAY_AUTH_MODE=token.
+ray get-auth-token --generate >/dev/null
 NUM_CPUS="${NUM_CPUS:-$(( $(nproc) > 4 ? $(nproc) : 4 ))}"
 exec ray start --head \
   --node-ip-address 127.0.0.1 \

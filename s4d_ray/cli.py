@@ -8,7 +8,7 @@ import sys
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from s4d_ray.synth import SynthConfig, synth_dataset
+    from s4d_ray.synthetic.synth import SynthConfig, synth_dataset
 
     config = SynthConfig(
         clips=args.clips,
@@ -24,7 +24,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _rectify(args: argparse.Namespace) -> int:
-    from s4d_ray.rectify import rectify_to_files
+    from s4d_ray.geometry.rectify import rectify_to_files
 
     left, right = rectify_to_files(
         args.vid, args.npz_folder, args.raw_video_folder, args.output_folder, args.output_hfov
@@ -35,13 +35,13 @@ def _rectify(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from jobs.process_clips import run
+    from s4d_ray.engine.command import run
 
     return run(args)
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from s4d_ray.dynadust3r_eval import predict_to_files, read_image, read_video_pair
+    from s4d_ray.dynadust3r.inference import predict_to_files, read_image, read_video_pair
 
     if args.video:
         image1, image2 = read_video_pair(args.video, *args.pair)
@@ -57,8 +57,8 @@ def _predict(args: argparse.Namespace) -> int:
 def _eval_dynadust3r(args: argparse.Namespace) -> int:
     import json
 
-    from s4d_ray.dynadust3r_data import SampleConfig
-    from s4d_ray.dynadust3r_eval import evaluate_checkpoint, write_json
+    from s4d_ray.dynadust3r.data import SampleConfig
+    from s4d_ray.dynadust3r.evaluate import evaluate_checkpoint, write_json
 
     config = SampleConfig(
         image_size=args.image_size,
@@ -83,6 +83,56 @@ def _eval_dynadust3r(args: argparse.Namespace) -> int:
     write_json(result, args.out)
     print(json.dumps({"json": args.out}))
     return 0
+
+
+def _tracksto4d_inference(args: argparse.Namespace) -> dict:
+    return {
+        "window": args.window,
+        "overlap": args.overlap,
+        "max_tracks": args.max_tracks,
+        "precision": args.precision,
+    }
+
+
+def _tracksto4d(args: argparse.Namespace) -> int:
+    import json
+
+    from s4d_ray.tracksto4d.inference import InferenceConfig, run_tracksto4d
+
+    config = InferenceConfig(**_tracksto4d_inference(args))
+    summary = run_tracksto4d(
+        args.checkpoint, args.npz, args.output, config, args.device, args.config
+    )
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _eval_tracksto4d(args: argparse.Namespace) -> int:
+    import json
+
+    from s4d_ray.tracksto4d.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(
+        args.checkpoint,
+        args.npz,
+        args.out,
+        args.device,
+        args.config,
+        **_tracksto4d_inference(args),
+    )
+    print(json.dumps(result["summary"]["mean"], indent=1))
+    return 0
+
+
+def _add_tracksto4d_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="official-format .pt (any URI)")
+    parser.add_argument("--config", default=None, help="JSON config (default: beside the .pt)")
+    parser.add_argument("--npz", required=True, help="release npz file, folder or glob")
+    parser.add_argument("--window", type=int, default=50, help="frames per window")
+    parser.add_argument("--overlap", type=int, default=10, help="frames shared by windows")
+    parser.add_argument("--max-tracks", type=int, default=1000, help="tracks per window")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    parser.add_argument("--device", default="auto")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     rectify.add_argument("--output_hfov", type=float, default=60.0, help="degrees")
     rectify.set_defaults(func=_rectify)
 
-    from jobs.process_clips import add_arguments
+    from s4d_ray.engine.command import add_arguments
 
     run = sub.add_parser(
         "run", help="the main job: process clips into 4D tracks on Ray (local or --address)"
@@ -152,14 +202,28 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--out", default="dynadust3r_eval.json", help="JSON result (any URI)")
     evaluate.set_defaults(func=_eval_dynadust3r)
+
+    t4d = sub.add_parser(
+        "tracksto4d", help="TracksTo4D on clips' 2D tracks: cameras, 3D points, movement"
+    )
+    _add_tracksto4d_arguments(t4d)
+    t4d.add_argument("--output", required=True, help="output root (npz/ and parquet/)")
+    t4d.set_defaults(func=_tracksto4d)
+
+    t4d_eval = sub.add_parser(
+        "eval-tracksto4d", help="TracksTo4D vs metric 3D tracks/poses: Abs Rel, delta, ATE, RPE"
+    )
+    _add_tracksto4d_arguments(t4d_eval)
+    t4d_eval.add_argument("--out", default=None, help="JSON result (any URI)")
+    t4d_eval.set_defaults(func=_eval_tracksto4d)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `s4d` console script."""
-    from s4d_ray.clip_io import ClipValidationError
     from s4d_ray.errors import StageError
-    from s4d_ray.ids import UnsafeIdError
+    from s4d_ray.io.clip_io import ClipValidationError
+    from s4d_ray.io.ids import UnsafeIdError
     from s4d_ray.models.weights import CheckpointError
 
     args = build_parser().parse_args(argv)

@@ -59,7 +59,7 @@ def gcs_emulator():
 @pytest.fixture
 def gcs_bucket(gcs_emulator, request):
     """A fresh bucket in the emulator; yields `gs://<bucket>`."""
-    from s4d_ray import fs
+    from s4d_ray.io import fs
 
     name = "b" + request.node.name.lower().replace("_", "-")[:40].strip("-[]") + str(os.getpid())
     name = "".join(ch for ch in name if ch.isalnum() or ch == "-")
@@ -71,7 +71,7 @@ def gcs_bucket(gcs_emulator, request):
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     """Four small synthetic VR180 clips (Stereo4D layout + ground truth), made once per run."""
-    from s4d_ray.synth import SynthConfig, synth_dataset
+    from s4d_ray.synthetic.synth import SynthConfig, synth_dataset
 
     out = tmp_path_factory.mktemp("synth")
     synth_dataset(str(out), SynthConfig(clips=4, frames=12, height=512, seed=7, tracks=600))

@@ -8,9 +8,15 @@ import zipfile
 import numpy as np
 import pytest
 
-from s4d_ray import fs
-from s4d_ray.clip_io import ClipRecord, ClipValidationError, clip_id_from_uri, read_clip, write_clip
-from s4d_ray.ids import UnsafeIdError, make_clip_id, validate_clip_id
+from s4d_ray.io import fs
+from s4d_ray.io.clip_io import (
+    ClipRecord,
+    ClipValidationError,
+    clip_id_from_uri,
+    read_clip,
+    write_clip,
+)
+from s4d_ray.io.ids import UnsafeIdError, make_clip_id, validate_clip_id
 
 
 def make_record(num_tracks: int = 5, num_frames: int = 7, seed: int = 0) -> ClipRecord:

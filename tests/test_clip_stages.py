@@ -8,18 +8,18 @@ import shutil
 import numpy as np
 import pytest
 
-from s4d_ray.clip_stages import (
-    DECODE,
-    LIFT,
-    STEREO,
+from s4d_ray.engine.clip_stages import (
     TooFewTracksError,
     clip_spec,
     input_rows,
     lift_and_filter,
     run_stage,
 )
-from s4d_ray.config import PipelineConfig
-from s4d_ray.pipeline import run_in_process
+from s4d_ray.engine.config import PipelineConfig
+from s4d_ray.engine.pipeline import run_in_process
+from s4d_ray.engine.stage_list import STAGE
+
+DECODE, STEREO, LIFT = STAGE["decode"], STAGE["stereo"], STAGE["lift"]
 
 
 def test_a_failing_stage_becomes_a_failure_record_with_a_stable_schema():
@@ -88,7 +88,7 @@ def test_whole_pipeline_in_process(synth_dir, tmp_path):
 
 def test_already_rectified_inputs(synth_dir, tmp_path):
     """`--rectified`: the reference's `<id>/<id>-{left,right}_rectified.mp4` instead of raw video."""
-    from s4d_ray.rectify import rectify_to_files
+    from s4d_ray.geometry.rectify import rectify_to_files
 
     clip_id = sorted(p.stem for p in (synth_dir / "npz").glob("*.npz"))[0]
     npz = tmp_path / "npz"

@@ -14,10 +14,10 @@ import torch
 from safetensors.torch import save_file
 from tensorboard.compat.proto import tensor_pb2, types_pb2
 
-from s4d_ray import drift_filter
 from s4d_ray.models import deeplab
 from s4d_ray.models.weights import CheckpointError
 from s4d_ray.stages import segmentation
+from s4d_ray.track import drift_filter
 from tests import deeplab_graph_builder as builder
 
 FIXTURE = Path(__file__).parent / "fixtures" / "deeplab_xception65_ade20k_keys.json"

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from s4d_ray.depth import depth_edge_mask, depth_from_flow, warp_backward_flow
-from s4d_ray.geometry import focal_length_px
+from s4d_ray.geometry.camera import focal_length_px
+from s4d_ray.track.depth import depth_edge_mask, depth_from_flow, warp_backward_flow
 
 T, H, W = 2, 24, 32
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from s4d_ray.ade20k import label_id
-from s4d_ray.drift_filter import STATIC_LABELS, drift_filter, sample_labels
+from s4d_ray.track.ade20k import label_id
+from s4d_ray.track.drift_filter import STATIC_LABELS, drift_filter, sample_labels
 
 ADE20K_WALL, ADE20K_BUILDING, ADE20K_SKY, ADE20K_ROAD, ADE20K_SIDEWALK, ADE20K_EARTH = (
     label_id(name) for name in ("wall", "building", "sky", "road", "sidewalk", "earth")

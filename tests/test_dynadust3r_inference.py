@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.train_dynadust3r import initial_model
 from s4d_ray.cli import main
-from s4d_ray.dynadust3r_eval import endpoint_summary, predict_pairs, prepare_image
-from s4d_ray.dynadust3r_loss import least_squares_scale, moved_point_errors
+from s4d_ray.dynadust3r.evaluate import endpoint_summary
+from s4d_ray.dynadust3r.inference import predict_pairs, prepare_image
+from s4d_ray.dynadust3r.loss import least_squares_scale, moved_point_errors
+from s4d_ray.dynadust3r.train import initial_model
 from s4d_ray.models.dynadust3r import save_dynadust3r
 
 torch.set_num_threads(2)

@@ -9,19 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.train_dynadust3r import (
-    TINY_CONFIG,
-    add_arguments,
-    initial_model,
-    make_optimizer,
-    read_latest,
-    restore,
-    run,
-    save_checkpoint,
-    train_step,
-)
-from s4d_ray.clip_io import read_clip
-from s4d_ray.dynadust3r_data import (
+from jobs.train_dynadust3r import add_arguments, settings_from_args
+from s4d_ray.dynadust3r.data import (
     FilterCounts,
     SampleConfig,
     build_sample,
@@ -31,11 +20,22 @@ from s4d_ray.dynadust3r_data import (
     select_triplets,
     splat_nearest,
 )
-from s4d_ray.dynadust3r_eval import collate, evaluate_model
-from s4d_ray.dynadust3r_loss import LossConfig, dynadust3r_loss
-from s4d_ray.geometry import intrinsics, invert_poses, rotation_matrix
+from s4d_ray.dynadust3r.evaluate import collate, evaluate_model
+from s4d_ray.dynadust3r.loss import LossConfig, dynadust3r_loss
+from s4d_ray.dynadust3r.train import (
+    TINY_CONFIG,
+    initial_model,
+    make_optimizer,
+    read_latest,
+    restore,
+    save_checkpoint,
+    train,
+    train_step,
+)
+from s4d_ray.geometry.camera import intrinsics, invert_poses, rotation_matrix
+from s4d_ray.geometry.rectify import rectify_to_files
+from s4d_ray.io.clip_io import read_clip
 from s4d_ray.models.dynadust3r import load_dust3r
-from s4d_ray.rectify import rectify_to_files
 
 torch.set_num_threads(2)
 
@@ -299,8 +299,9 @@ def test_training_job_resumes_from_checkpoint(synth_dir, tmp_path) -> None:
     checkpoints = str(tmp_path / "ckpt")
 
     def job(steps: int) -> dict:
-        return run(
-            parser.parse_args(
+        return train(
+            settings_from_args(
+                parser.parse_args(
                 [
                     "--npz", str(synth_dir / "npz"), "--videos", str(synth_dir / "raw"),
                     "--checkpoint-dir", checkpoints, "--tiny", "--steps", str(steps),
@@ -308,6 +309,7 @@ def test_training_job_resumes_from_checkpoint(synth_dir, tmp_path) -> None:
                     "--pairs-per-clip", "2", "--limit", "2", "--checkpoint-every", "2",
                     "--log-every", "1", "--torch-threads", "1", "--lr", "1e-3",
                 ]
+                )
             )
         )  # fmt: skip
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -23,8 +24,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from s4d_ray import fs
-from s4d_ray.clip_io import read_clip, write_clip
+from s4d_ray.io import fs
+from s4d_ray.io.clip_io import read_clip, write_clip
 from tests.conftest import free_port
 from tests.tiny_models import TINY_SEA_RAFT_KEYS
 
@@ -43,20 +44,24 @@ def ray_head():
         "PATH": f"{BIN}:{os.environ['PATH']}",
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_metrics_report_interval_ms": "1000",
-        # Ray 2.60 heads require a token (~/.ray/auth_token); clients send it in token mode
+        # Ray 2.60 heads require a token; clients send it in token mode. A token of its own
+        # (not ~/.ray/auth_token, which a fresh machine lacks) for the head and its clients.
         "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
     }
-    previous_mode = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "token"
-    subprocess.run(
+    previous = {key: os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=env["RAY_AUTH_TOKEN"])
+    started = subprocess.run(
         [
             str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
             "--port", str(ports["port"]), "--dashboard-host", "127.0.0.1",
             "--dashboard-port", str(ports["dashboard"]), "--metrics-export-port", str(ports["metrics"]),
             "--num-cpus", "4", "--temp-dir", temp_dir, "--disable-usage-stats",
         ],
-        check=True, env=env, capture_output=True, timeout=180,
+        env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
+    if started.returncode:
+        pytest.fail(f"ray start failed:\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}")
     yield {
         **ports,
         "address": f"127.0.0.1:{ports['port']}",
@@ -65,10 +70,11 @@ def ray_head():
     }
     subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
     shutil.rmtree(temp_dir, ignore_errors=True)
-    if previous_mode is None:
-        os.environ.pop("RAY_AUTH_MODE", None)
-    else:
-        os.environ["RAY_AUTH_MODE"] = previous_mode
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="module")
@@ -285,8 +291,8 @@ def test_killed_model_actor_is_survived(ray_head, synth_dir, tmp_path):
     import ray
     from ray.util.state import list_actors
 
-    from s4d_ray.config import config_from_dict
-    from s4d_ray.pipeline import run_pipeline
+    from s4d_ray.engine.config import config_from_dict
+    from s4d_ray.engine.pipeline import run_pipeline
 
     ray.init(
         address=ray_head["address"],
@@ -333,8 +339,8 @@ def test_killed_model_actor_is_survived(ray_head, synth_dir, tmp_path):
 def test_gcs_buckets_in_and_out(ray_head, synth_dir, gcs_bucket):
     import ray
 
-    from s4d_ray.config import PipelineConfig
-    from s4d_ray.pipeline import run_pipeline
+    from s4d_ray.engine.config import PipelineConfig
+    from s4d_ray.engine.pipeline import run_pipeline
 
     clip_ids = sorted(p.stem for p in (synth_dir / "npz").glob("*.npz"))[:2]
     for clip_id in clip_ids:
@@ -375,11 +381,11 @@ def test_neural_backend_end_to_end_with_tiny_random_models(ray_head, synth_dir, 
     import torch
     from safetensors.torch import save_model
 
-    from s4d_ray.config import config_from_dict
+    from s4d_ray.engine.config import config_from_dict
+    from s4d_ray.engine.pipeline import run_pipeline
     from s4d_ray.models.deeplab import DeepLabConfig, DeepLabV3Plus, save_converted
     from s4d_ray.models.sea_raft import SEARAFT, SEARAFTConfig
     from s4d_ray.models.tapir import TAPIR
-    from s4d_ray.pipeline import run_pipeline
 
     torch.manual_seed(0)
     tiny_raft = TINY_SEA_RAFT_KEYS

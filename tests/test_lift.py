@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from s4d_ray.geometry import intrinsics
-from s4d_ray.lift import (
+from s4d_ray.geometry.camera import intrinsics
+from s4d_ray.track.lift import (
     camera_centers,
     lift_tracks,
     motion_displacement,

@@ -17,14 +17,14 @@ import warnings
 import numpy as np
 import pytest
 
-from s4d_ray.clip_io import read_clip
-from s4d_ray.geometry import RECTIFIED_HFOV_DEG, STEREO_BASELINE_M, focal_length_px
-from s4d_ray.lift import camera_centers, lift_tracks, motion_displacement
-from s4d_ray.optimize import optimize_tracks
-from s4d_ray.rectify import LowResolutionWarning, rectify_clip
+from s4d_ray.geometry.camera import RECTIFIED_HFOV_DEG, STEREO_BASELINE_M, focal_length_px
+from s4d_ray.geometry.rectify import LowResolutionWarning, rectify_clip
+from s4d_ray.io.clip_io import read_clip
 from s4d_ray.stages.stereo import StereoMatcher
 from s4d_ray.stages.tracking import LucasKanadeBackend
-from s4d_ray.synth import load_ground_truth
+from s4d_ray.synthetic.synth import load_ground_truth
+from s4d_ray.track.lift import camera_centers, lift_tracks, motion_displacement
+from s4d_ray.track.optimize import optimize_tracks
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s4d_ray.optimize import (
+from s4d_ray.track.optimize import (
     OptimizerSettings,
     chunk_capacity,
     dilate_invisible,

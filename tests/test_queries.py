@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from s4d_ray.queries import prune_queries, query_frames, query_grid, track_with_pruning
+from s4d_ray.track.queries import prune_queries, query_frames, query_grid, track_with_pruning
 
 
 def reference_style_grid(

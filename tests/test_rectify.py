@@ -11,20 +11,20 @@ import cv2
 import numpy as np
 import pytest
 
-from s4d_ray import fs
-from s4d_ray.clip_io import ClipRecord, ClipValidationError, read_clip, write_clip
 from s4d_ray.errors import VideoError
-from s4d_ray.geometry import RECTIFIED_HFOV_DEG, STEREO_BASELINE_M, focal_length_px
-from s4d_ray.ids import UnsafeIdError
-from s4d_ray.rectify import (
+from s4d_ray.geometry.camera import RECTIFIED_HFOV_DEG, STEREO_BASELINE_M, focal_length_px
+from s4d_ray.geometry.rectify import (
     LowResolutionWarning,
     check_vr180_frame_size,
     rectify_clip,
     rectify_frame_two_step,
     rectify_to_files,
 )
-from s4d_ray.synth import load_ground_truth
-from s4d_ray.video import decode_frames_at, probe_video
+from s4d_ray.io import fs
+from s4d_ray.io.clip_io import ClipRecord, ClipValidationError, read_clip, write_clip
+from s4d_ray.io.ids import UnsafeIdError
+from s4d_ray.io.video import decode_frames_at, probe_video
+from s4d_ray.synthetic.synth import load_ground_truth
 
 warnings.simplefilter("ignore", LowResolutionWarning)
 

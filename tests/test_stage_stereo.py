@@ -8,7 +8,6 @@ import pytest
 import torch
 from safetensors.torch import save_model
 
-from s4d_ray.depth import depth_from_flow, focal_length_px
 from s4d_ray.models.sea_raft import SEARAFT
 from s4d_ray.stages.stereo import (
     StereoMatcher,
@@ -16,6 +15,7 @@ from s4d_ray.stages.stereo import (
     half_resolution_flow,
     sea_raft_batch_size,
 )
+from s4d_ray.track.depth import depth_from_flow, focal_length_px
 from tests.tiny_models import TINY_SEA_RAFT as TINY
 
 torch.set_num_threads(2)

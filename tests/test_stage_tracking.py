@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from s4d_ray.queries import prune_queries, query_grid, track_with_pruning
 from s4d_ray.stages.tracking import TapirBackend, Tracker, Tracks2D, tapir_query_chunk_size
+from s4d_ray.track.queries import prune_queries, query_grid, track_with_pruning
 
 SIZE = 96
 FRAMES = 21

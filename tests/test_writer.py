@@ -9,9 +9,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from s4d_ray import fs
-from s4d_ray.clip_io import ClipRecord, read_clip
-from s4d_ray.writer import (
+from s4d_ray.io import fs
+from s4d_ray.io.clip_io import ClipRecord, read_clip
+from s4d_ray.io.writer import (
     FIELD_SHAPES,
     ClipFailure,
     build_clip_record,

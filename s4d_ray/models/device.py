@@ -29,3 +29,13 @@ def autocast_dtype(precision: str) -> Any:
     import torch
 
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(check_precision(precision))
+
+
+def autocast(device_type: str, precision: str, cuda_only: bool = False) -> Any:
+    """`torch.autocast` for `precision` on `device_type` ('cuda', 'cpu'); a no-op context for
+    fp32 (and, with `cuda_only`, anywhere but CUDA: CPU training/eval stays fp32)."""
+    import torch
+
+    dtype = autocast_dtype(precision)
+    enabled = dtype is not None and (device_type == "cuda" or not cuda_only)
+    return torch.autocast(device_type, dtype=dtype, enabled=enabled)

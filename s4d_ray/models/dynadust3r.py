@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from s4d_ray import fs
+from s4d_ray.io import fs
 from s4d_ray.models.weights import CheckpointError, cached_path
 
 DEFAULT_URI = (

@@ -10,7 +10,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from s4d_ray import fs
+from s4d_ray.io import fs
 
 
 class CheckpointError(ValueError):

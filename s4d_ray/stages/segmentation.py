@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from s4d_ray.ade20k import LABEL_NAMES, SKY_LABELS, STATIC_LABELS  # noqa: F401 (re-exported)
 from s4d_ray.models.device import autocast_dtype, check_precision
+from s4d_ray.track.ade20k import LABEL_NAMES, SKY_LABELS, STATIC_LABELS  # noqa: F401 (re-exported)
 
 BACKENDS = ("neural", "cpu")
 
@@ -32,6 +32,9 @@ class Segmenter:
     run per forward pass. `input_size` is the square network input (513 as released; smaller
     only to trade accuracy for speed). backend 'cpu' segments nothing.
     """
+
+    NEURAL_ONLY = frozenset({"weights_uri", "batch_size", "input_size"})
+    """Options that mean nothing to the cpu backend (the engine's config rejects them there)."""
 
     def __init__(
         self,

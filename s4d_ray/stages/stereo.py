@@ -5,7 +5,7 @@ RGB of the rectified left and right eye, flows [T,H,W,2] float32 px (x, y):
 - `flow_fwd` = left→right: a left pixel x matches right pixel x + flow_fwd(x); for a rectified
   pair the x-flow is −disparity (≤ 0) and the y-flow ≈ 0.
 - `flow_bwd` = right→left: x-flow = +disparity of the right image.
-The depth stage (`s4d_ray.depth.depth_from_flow`) turns them into metric depth and invalidates
+The depth stage (`s4d_ray.track.depth.depth_from_flow`) turns them into metric depth and invalidates
 pixels by the forward-backward check, |flow_y| > 1 px and the depth range.
 
 Backends:
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from s4d_ray.models.device import autocast_dtype, check_precision
+from s4d_ray.models.device import autocast, check_precision
 
 if TYPE_CHECKING:
     import torch
@@ -209,10 +209,8 @@ class SEARAFTStereo:
         self.version = f"sea-raft-{weights_uri}-iters{self.model.config.iters}-{precision}"
 
     def _flow(self, image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
-        import torch
 
-        dtype = autocast_dtype(self.precision)
-        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+        with autocast(self.device.type, self.precision):
             return self.model(image1, image2, test_mode=True)["flow"][-1]
 
     def _batch_size(self, height: int, width: int) -> int:

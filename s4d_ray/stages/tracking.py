@@ -3,7 +3,7 @@
 `Tracker(...)(frames [T,H,W,3] uint8) -> Tracks2D(tracks [N,T,2] px (x,y), visible [N,T] bool,
 query_frame [N] int)`. A query grid is laid on every `query_frame_interval`-th frame, queries
 within `prune_radius` px of an earlier kept track visible there are dropped *before* tracking
-(`s4d_ray.queries.track_with_pruning`), and the survivors are tracked over the whole clip.
+(`s4d_ray.track.queries.track_with_pruning`), and the survivors are tracked over the whole clip.
 Pixel i spans [i, i+1) (its centre is at i + 0.5), as in TAPIR and the rectified cameras.
 
 Backends:
@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, NamedTuple
 import cv2
 import numpy as np
 
-from s4d_ray.models.device import autocast_dtype, check_precision
-from s4d_ray.queries import TrackFn, track_with_pruning
+from s4d_ray.models.device import autocast, check_precision
+from s4d_ray.track.queries import TrackFn, track_with_pruning
 
 if TYPE_CHECKING:
     import torch
@@ -208,10 +208,7 @@ class TapirBackend:
         self.resolution = resolution
 
     def _autocast(self):
-        import torch
-
-        dtype = autocast_dtype(self.precision)
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+        return autocast(self.device.type, self.precision)
 
     def bind(self, frames: np.ndarray) -> TrackFn:
         """Track function over one clip, frames [T,H,W,3] uint8 RGB; computes the features now."""
@@ -265,6 +262,9 @@ class Tracker:
     `resolution` is the neural backend's square input size (BootsTAP: 512). `seed` fixes the
     query-grid jitter; a call may pass its own (e.g. derived from the clip id).
     """
+
+    NEURAL_ONLY = frozenset({"weights_uri", "query_chunk_size", "resolution"})
+    """Options that mean nothing to the cpu backend (the engine's config rejects them there)."""
 
     def __init__(
         self,

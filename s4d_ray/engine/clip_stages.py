@@ -1,0 +1,417 @@
+"""Per-clip stage transforms of the engine: dict rows in, dict rows out, no Ray inside.
+
+A row is one clip. Each stage declares which columns it consumes (and drops, so heavy arrays
+such as the right eye's frames or the depth maps die as soon as they are used) and which it
+adds. `run_stage` applies a stage with timing and failure capture: a clip that raises gets
+`error_stage`, `error_type` and `error_message` set, its consumed columns dropped and empty
+placeholders for the added ones (so every row of a dataset keeps one schema), and every later
+stage passes it through untouched. Nothing else in the job is lost.
+
+Columns (shapes per clip; T frames, S = 512, N tracks):
+    clip_id, npz_uri, videos_root, left_uri, right_uri   str (inputs; unused URIs empty)
+    error_stage, error_type, error_message, timings, metadata    str (timings/metadata JSON)
+    video_id str; timestamps int64 [T] µs; camera2world [T,3,4]; rectified2rig [2,3,3];
+    fov_bounds [4]                                         (decode)
+    left, right uint8 [T,S,S,3]                            (decode)
+    depth float32 [T,S,S] m, 0 = invalid                   (stereo; drops right)
+    tracks_2d float32 [N,T,2] px; visible bool [N,T]; query_frame int64 [N]      (tracking)
+    point_labels uint8 [N,T] ADE20K at each track point, [N,0] when disabled      (segmentation)
+    points float32 [N,T,3] m; valid bool [N,T]; motion float32 [N,T] px; colours uint8 [N,3]
+                                                           (lift; drops frames, depth, labels)
+    points_opt float32 [N,T,3] m (NaN outside mask); mask bool [N,T]              (optimize)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from s4d_ray.geometry.camera import RECTIFIED_HFOV_DEG, invert_poses
+from s4d_ray.geometry.rectify import RectifiedVideoIndex, rectify_clip
+from s4d_ray.io import fs
+from s4d_ray.io.clip_io import npz_stem, read_clip
+from s4d_ray.io.ids import validate_clip_id, validate_video_id
+from s4d_ray.io.video import decode_first_frames
+from s4d_ray.io.writer import build_clip_record, write_clip_npz, write_parquet_shard
+from s4d_ray.track.depth import depth_from_flow
+from s4d_ray.track.drift_filter import filter_point_labels, sample_labels
+from s4d_ray.track.lift import camera_centers, lift_tracks, motion_displacement, query_colours
+
+Row = dict[str, Any]
+
+INPUT_COLUMNS = ("clip_id", "npz_uri", "videos_root", "left_uri", "right_uri")
+ERROR_COLUMNS = ("error_stage", "error_type", "error_message")
+
+
+class TooFewTracksError(ValueError):
+    """A clip kept fewer valid tracks than the job's minimum (nothing worth writing)."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A named per-clip transform with the columns it consumes and adds.
+
+    `adds` maps each new column to (dtype, ndim) so a failed clip can get an empty placeholder.
+    """
+
+    name: str
+    consumes: tuple[str, ...]
+    adds: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+
+RECORD_COLUMNS = {
+    "video_id": ("str", 0),
+    "timestamps": ("int64", 1),
+    "camera2world": ("float32", 3),
+    "rectified2rig": ("float32", 3),
+    "fov_bounds": ("float32", 1),
+}
+"""Release-record columns the decode stage adds (dtype, ndim)."""
+
+
+def clip_spec(
+    clip_id: str, npz_uri: str, videos_root: str = "", rectified: tuple[str, str] = ("", "")
+) -> Row:
+    """The input row of one clip: a validated id, its npz, and its raw-video folder or the
+    URIs of its already rectified left/right videos."""
+    return {
+        "clip_id": validate_clip_id(clip_id),
+        "npz_uri": npz_uri,
+        "videos_root": videos_root,
+        "left_uri": rectified[0],
+        "right_uri": rectified[1],
+        "error_stage": "",
+        "error_type": "",
+        "error_message": "",
+        "timings": "{}",
+        "metadata": "{}",
+    }
+
+
+def failed(row: Row) -> bool:
+    return bool(row.get("error_stage"))
+
+
+def _placeholder(dtype: str, ndim: int) -> Any:
+    if dtype == "str":
+        return ""
+    return np.zeros((0,) * ndim, dtype=dtype)
+
+
+def _update_json(row: Row, column: str, values: dict[str, Any]) -> None:
+    merged = json.loads(row[column])
+    merged.update(values)
+    row[column] = json.dumps(merged, sort_keys=True)
+
+
+def mark_failed(row: Row, stage: Stage, error: BaseException) -> Row:
+    """Turn `row` into a failure record of `stage`: error columns set, heavy arrays dropped."""
+    row["error_stage"] = stage.name
+    row["error_type"] = type(error).__name__
+    message = str(error) or repr(error)
+    if not isinstance(error, (ValueError, OSError, RuntimeError)):
+        message += "\n" + "".join(traceback.format_exception(error)[-3:])
+    row["error_message"] = message[:4000]
+    for column in stage.consumes:
+        row.pop(column, None)
+    for column, (dtype, ndim) in stage.adds.items():
+        row[column] = _placeholder(dtype, ndim)
+    return row
+
+
+def run_stage(row: Row, stage: Stage, fn: Callable[[Row], Row]) -> Row:
+    """Apply `fn` to a clip row unless it already failed; time it; capture its failure."""
+    if failed(row):
+        for column in stage.consumes:
+            row.pop(column, None)
+        for column, (dtype, ndim) in stage.adds.items():
+            row[column] = _placeholder(dtype, ndim)
+        return row
+    start = time.perf_counter()
+    try:
+        row = fn(row)
+    except Exception as error:  # a bad clip must never take the job down
+        return mark_failed(row, stage, error)
+    for column in stage.consumes:
+        row.pop(column, None)
+    _update_json(row, "timings", {stage.name: round(time.perf_counter() - start, 4)})
+    return row
+
+
+def batch_to_rows(batch: dict[str, np.ndarray]) -> list[Row]:
+    """Ray Data numpy batch (column → array over clips) → list of clip rows."""
+    size = len(next(iter(batch.values())))
+    return [{k: v[i] for k, v in batch.items()} for i in range(size)]
+
+
+def rows_to_batch(rows: list[Row]) -> dict[str, np.ndarray]:
+    """List of clip rows → numpy batch; ragged arrays become object columns."""
+    batch = {}
+    for key in rows[0]:
+        values = [row[key] for row in rows]
+        column = np.empty(len(values), dtype=object)
+        column[:] = values
+        batch[key] = column
+    return batch
+
+
+def clip_seed(clip_id: str) -> int:
+    """Deterministic per-clip seed (query-grid jitter), stable across runs and machines."""
+    return zlib.crc32(clip_id.encode())
+
+
+# --- stage bodies ------------------------------------------------------------------------
+
+
+def decode_and_rectify(row: Row) -> Row:
+    """Read the release npz, then rectify the raw VR180 video (or decode rectified mp4s)."""
+    clip_id = row["clip_id"]
+    record = read_clip(row["npz_uri"])
+    if record.name != clip_id:
+        raise ValueError(f"clip {clip_id!r}: npz names itself {record.name!r}")
+    if row["videos_root"]:
+        video_uri = fs.join(row["videos_root"], f"{validate_video_id(record.video_id)}.mp4")
+        left, right = rectify_clip(record, video_uri)
+    else:
+        left, right = (
+            decode_first_frames(uri, record.num_frames, clip_id, "decode")
+            for uri in (row["left_uri"], row["right_uri"])
+        )
+        if left.shape != right.shape:
+            raise ValueError(
+                f"clip {clip_id!r}: rectified videos differ in shape: {left.shape} vs {right.shape}"
+            )
+    row.update(
+        video_id=record.video_id,
+        timestamps=record.timestamps.astype(np.int64),
+        camera2world=record.camera2world.astype(np.float32),
+        rectified2rig=record.rectified2rig.astype(np.float32),
+        fov_bounds=np.asarray(record.fov_bounds, np.float32),
+        left=left,
+        right=right,
+    )
+    return row
+
+
+def stereo_depth(
+    row: Row, matcher: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+) -> Row:
+    """Stage 2: stereo flow both ways → metric depth [T,S,S] (0 = invalid); flows not kept."""
+    flow_fwd, flow_bwd = matcher(row["left"], row["right"])
+    depth, _ = depth_from_flow(flow_fwd, flow_bwd, hfov_deg=RECTIFIED_HFOV_DEG)
+    row["depth"] = depth
+    return row
+
+
+def track_points(row: Row, tracker: Callable[..., Any]) -> Row:
+    """Stage 3: dense 2D tracks of the left view, query pruning applied before tracking."""
+    result = tracker(row["left"], seed=clip_seed(row["clip_id"]))
+    row.update(
+        tracks_2d=np.asarray(result.tracks, np.float32),
+        visible=np.asarray(result.visible, bool),
+        query_frame=np.asarray(result.query_frame, np.int64),
+    )
+    return row
+
+
+def segment_points(row: Row, segmenter: Any) -> Row:
+    """Stage 4a: ADE20K labels sampled at the track points [N,T] ([N,0] when disabled)."""
+    labels = segmenter.segment(row["left"])
+    num_tracks = row["tracks_2d"].shape[0]
+    if labels is None:
+        row["point_labels"] = np.zeros((num_tracks, 0), np.uint8)
+    else:
+        row["point_labels"] = sample_labels(labels, row["tracks_2d"]).astype(np.uint8)
+    _update_json(row, "metadata", segmenter.metadata())
+    return row
+
+
+def lift_and_filter(row: Row, min_tracks: int = 1) -> Row:
+    """Stages 4b+5: lift to 3D, motion displacement, drift filter; keep surviving tracks."""
+    w2c = invert_poses(row["camera2world"])
+    tracks_2d, visible = row["tracks_2d"], row["visible"]
+    points, valid = lift_tracks(tracks_2d, visible, row["depth"], w2c, hfov_deg=RECTIFIED_HFOV_DEG)
+    motion = motion_displacement(points, valid, w2c, hfov_deg=RECTIFIED_HFOV_DEG)
+    num_tracks = len(tracks_2d)
+    stats: dict[str, Any] = {"tracks_tracked": int(num_tracks)}
+    keep = valid.any(axis=1)
+    if row["point_labels"].shape[1]:
+        semantic_keep, reasons = filter_point_labels(row["point_labels"], visible, motion)
+        keep &= semantic_keep
+        stats.update({f"tracks_dropped_{k}": int(v.sum()) for k, v in reasons.items()})
+        stats["drift_filter"] = "on"
+    else:
+        stats["drift_filter"] = "off"
+    stats["tracks_kept"] = int(keep.sum())
+    if keep.sum() < min_tracks:
+        raise TooFewTracksError(
+            f"clip {row['clip_id']!r}: {int(keep.sum())} valid tracks after filtering, "
+            f"fewer than the minimum {min_tracks} (of {num_tracks} tracked)"
+        )
+    query_frame = row["query_frame"][keep]
+    query_xy = tracks_2d[keep][np.arange(keep.sum()), query_frame]
+    query_points = np.stack([query_frame, query_xy[:, 1], query_xy[:, 0]], axis=-1)
+    row.update(
+        points=points[keep].astype(np.float32),
+        valid=valid[keep],
+        visible=visible[keep],
+        motion=motion[keep].astype(np.float32),
+        colours=query_colours(row["left"], query_points),
+    )
+    _update_json(row, "metadata", stats)
+    return row
+
+
+def optimize_rows(
+    rows: Sequence[Row], optimize_clips: Callable[..., list], stage: Stage
+) -> list[Row]:
+    """Stage 6 for a batch of clips in one batched optimiser call (failed rows pass through).
+
+    If the batched call fails, clips are retried one by one so one bad clip fails alone.
+    `stage` is the optimiser's entry of the stage list (its columns and name).
+    """
+    live = [i for i, row in enumerate(rows) if not failed(row)]
+
+    def inputs(row: Row) -> tuple:
+        w2c = invert_poses(row["camera2world"])
+        return (row["points"], row["valid"], camera_centers(w2c), row["motion"])
+
+    start = time.perf_counter()
+    try:
+        results = optimize_clips([inputs(rows[i]) for i in live])
+        per_clip = (time.perf_counter() - start) / max(len(live), 1)
+        outcomes = {i: (result, per_clip) for i, result in zip(live, results, strict=True)}
+    except Exception:
+        outcomes = {}
+        for i in live:
+            one = time.perf_counter()
+            try:
+                outcomes[i] = (optimize_clips([inputs(rows[i])])[0], time.perf_counter() - one)
+            except Exception as error:
+                outcomes[i] = (error, 0.0)
+    out = []
+    for i, row in enumerate(rows):
+        if i not in outcomes:
+            out.append(run_stage(row, stage, lambda r: r))
+            continue
+        result, seconds = outcomes[i]
+        if isinstance(result, BaseException):
+            out.append(mark_failed(row, stage, result))
+            continue
+        points_opt, mask = result
+        row["points_opt"], row["mask"] = (
+            points_opt.astype(np.float32),
+            mask & np.isfinite(points_opt).all(-1),
+        )
+        for column in stage.consumes:
+            row.pop(column, None)
+        _update_json(row, "timings", {stage.name: round(seconds, 4)})
+        out.append(row)
+    return out
+
+
+def input_rows(
+    npz: str,
+    videos: str = "",
+    rectified: str = "",
+    limit: int | None = None,
+    skip: frozenset[str] = frozenset(),
+) -> tuple[list[Row], list[Row]]:
+    """Clip rows for every release npz under `npz` (folder or glob), and rows that failed early.
+
+    Raw videos are looked up as `<videos>/<video_id>.mp4` when the clip is decoded; with
+    `rectified`, as `<rectified>/<clip_id>/<clip_id>-{left,right}_rectified.mp4` or directly
+    `<rectified>/<clip_id>-{left,right}_rectified.mp4`. File names that are not valid clip ids
+    become failure rows (stage `input`) instead of paths. Clips in `skip` are left out. No npz
+    at all is an error (usually a wrong path), not an empty job.
+    """
+    uris = fs.list_files(npz, ".npz")
+    if not uris:
+        raise FileNotFoundError(
+            f"no .npz files under {npz!r} (a relative path resolves in the job's working dir; "
+            "give an absolute path or a URI)"
+        )
+    rows, rejected = [], []
+    rectified_videos = RectifiedVideoIndex(rectified) if rectified else None
+    for uri in uris:
+        stem = npz_stem(uri)
+        try:
+            clip_id = validate_clip_id(stem)
+        except ValueError as error:
+            row = clip_spec("invalid_0", uri)
+            row["clip_id"] = stem[:200]
+            rejected.append(mark_failed(row, Stage("input", ()), error))
+            continue
+        if clip_id in skip:
+            continue
+        if rectified_videos is not None:
+            rows.append(clip_spec(clip_id, uri, rectified=rectified_videos(clip_id)))
+        else:
+            rows.append(clip_spec(clip_id, uri, videos_root=videos))
+        if limit is not None and len(rows) >= limit:
+            break
+    return rows, rejected
+
+
+SUMMARY_COLUMNS = (
+    "clip_id",
+    "status",
+    "error_stage",
+    "error_type",
+    "error_message",
+    "num_frames",
+    "num_tracks",
+    "timings",
+)
+
+
+def write_rows(rows: Sequence[Row], output_root: str) -> list[Row]:
+    """Stage 7 for a batch: one npz per finished clip, then one Parquet shard for the batch.
+
+    Returns one small summary row per clip (done or failed); heavy arrays end here.
+    """
+    records, summaries = [], []
+    for row in rows:
+        summary = {k: row.get(k, "") for k in SUMMARY_COLUMNS if k in row}
+        summary.update(status="failed", num_frames=0, num_tracks=0)
+        if not failed(row):
+            start = time.perf_counter()
+            try:
+                record = build_clip_record(
+                    name=row["clip_id"],
+                    video_id=row["video_id"],
+                    timestamps=row["timestamps"],
+                    camera2world=row["camera2world"],
+                    rectified2rig=row["rectified2rig"],
+                    fov_bounds=row["fov_bounds"],
+                    tracks=np.nan_to_num(row["points_opt"]),
+                    track_mask=row["mask"],
+                    visibility=row["visible"],
+                    colours=row["colours"],
+                    motion=row["motion"],
+                    stage_timings=json.loads(row["timings"]),
+                    metadata=json.loads(row["metadata"]),
+                )
+                write_clip_npz(record, output_root)
+                _update_json(row, "timings", {"write": round(time.perf_counter() - start, 4)})
+                records.append(record)
+                summary.update(
+                    status="done",
+                    num_frames=record.num_frames,
+                    num_tracks=record.num_tracks,
+                    timings=row["timings"],
+                )
+            except Exception as error:
+                mark_failed(row, Stage("write", ()), error)
+        summary.update({k: row[k] for k in ERROR_COLUMNS})
+        summaries.append(summary)
+    if records:
+        write_parquet_shard(records, output_root)
+    return summaries

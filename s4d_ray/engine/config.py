@@ -1,0 +1,350 @@
+"""Engine configuration: backend, per-stage resources and pool sizes, model options, limits.
+
+Defaults run anywhere (`cpu` backend, no GPU requested). `neural` defaults pin each model to a
+GPU share sized to the stage's part of the work (not yet measured on a GPU). A YAML or JSON file
+(`--config FILE`) may override any field, e.g.
+
+    backend: neural
+    stages:
+      tracking: {num_gpus: 1.0, max_actors: 8}
+    models:
+      precision: bf16
+      tracking: {weights_uri: gs://my-bucket/bootstapir_checkpoint_v2.pt}
+    optimizer: {clips_per_batch: 8}
+
+Every value is checked on the driver before Ray starts (`ConfigError` names the key path, e.g.
+`stages.tracking.num_gpu`): unknown keys at any depth — per-model options against the stage
+backend's constructor parameters —, types, precision strings, fractions in [0, 1], positive
+sizes, and that every section is a mapping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from s4d_ray.engine.stage_list import StageResources, default_resources
+from s4d_ray.io import fs
+from s4d_ray.models.device import PRECISIONS
+
+BACKENDS = ("cpu", "neural")
+MODEL_STAGES = ("stereo", "tracking", "segmentation")
+
+ENGINE_OPTIONS = ("device", "precision")
+"""Model constructor parameters the engine fills in from `models.device` / `models.precision`."""
+
+POSITIVE_OPTIONS = frozenset(
+    {
+        "batch_size",
+        "block_size",
+        "input_size",
+        "num_disparities",
+        "query_chunk_size",
+        "query_frame_interval",
+        "query_stride",
+        "resolution",
+    }
+)
+"""Per-model options that are sizes or counts: > 0 when given."""
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class ConfigError(ValueError):
+    """A configuration the engine cannot run; `key` is the dotted path of the bad entry."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"config key {key!r}: {message}" if key else f"config: {message}")
+
+
+@dataclass
+class ModelSettings:
+    """How the model stages run: device ('auto' = the GPU Ray gave the actor, else CPU),
+    precision ('fp32', 'bf16', 'fp16'), and per-stage options passed to the stage's
+    constructor (`StereoMatcher`, `Tracker`, `Segmenter`), e.g. `weights_uri` (any fsspec
+    URI; default the official checkpoint), `batch_size`, `query_stride`, `query_chunk_size`,
+    and for SEA-RAFT a `config` dict of official config keys."""
+
+    device: str = "auto"
+    precision: str = "fp32"
+    stereo: dict[str, Any] = field(default_factory=dict)
+    tracking: dict[str, Any] = field(default_factory=dict)
+    segmentation: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimizerSettings:
+    """The reducer: how many clips share one batched, jitted optimiser call."""
+
+    clips_per_batch: int = 4
+    num_steps: int = 100
+
+
+@dataclass
+class PipelineConfig:
+    """Everything a run of `jobs/process_clips.py` / `s4d run` can be told. Checked on
+    construction (`ConfigError`)."""
+
+    backend: str = "cpu"
+    stages: dict[str, StageResources] = field(default_factory=dict)
+    models: ModelSettings = field(default_factory=ModelSettings)
+    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
+    clips_per_shard: int = 8
+    min_tracks: int = 16
+    """Clips keeping fewer valid tracks fail; 0 writes every clip (wiring tests)."""
+    max_failure_fraction: float = 1.0
+    """Abort when more than this fraction of at least `failure_check_after` clips failed."""
+    failure_check_after: int = 8
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError("backend", f"must be one of {BACKENDS}, got {self.backend!r}")
+        defaults = default_resources(self.backend)
+        for name in self.stages:
+            if name not in defaults:
+                raise ConfigError(
+                    f"stages.{name}", f"no such stage; stages are {sorted(defaults)}"
+                )
+        defaults.update(self.stages)
+        self.stages = defaults
+        check_config(self)
+
+    def resources(self, stage: str) -> StageResources:
+        return self.stages[stage]
+
+
+# --- checks -----------------------------------------------------------------------------------
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _check_type(key: str, value: Any, annotation: str) -> None:
+    """`value` against a simple annotation string ('int', 'float | None', ...); other
+    annotations are not checked here."""
+    kinds = {part.strip() for part in str(annotation).split("|")}
+    simple = {"int", "float", "str", "bool", "None"}
+    if not kinds or not kinds <= simple:
+        return
+    ok = (
+        (value is None and "None" in kinds)
+        or (isinstance(value, bool) and "bool" in kinds)
+        or (
+            not isinstance(value, bool)
+            and (
+                (isinstance(value, int) and kinds & {"int", "float"})
+                or (isinstance(value, float) and "float" in kinds)
+                or (isinstance(value, str) and "str" in kinds)
+            )
+        )
+    )
+    if not ok:
+        names = {"None": "null", "float": "a number", "int": "an integer", "str": "a string"}
+        wanted = " or ".join(sorted(names.get(k, k) for k in kinds))
+        raise ConfigError(key, f"must be {wanted}, got {_type_name(value)} {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(key, f"must be finite, got {value!r}")
+
+
+def _check_fields(obj: Any, prefix: str) -> None:
+    """Types of a dataclass's scalar fields (int, float, str) by their annotations."""
+    for f in dataclasses.fields(obj):
+        _check_type(f"{prefix}{f.name}", getattr(obj, f.name), f.type)
+
+
+def _at_least(key: str, value: float, low: float) -> None:
+    if value < low:
+        raise ConfigError(key, f"must be >= {low}, got {value!r}")
+
+
+def model_parameters(stage: str, backend: str) -> dict[str, inspect.Parameter]:
+    """Options a user may give `models.<stage>` on `backend`: the stage class's (or, for
+    stereo, the backend class's) constructor parameters, less the backend name, the options
+    the engine fills in (`ENGINE_OPTIONS`) and, on cpu, the neural-only ones."""
+    if stage == "stereo":
+        from s4d_ray.stages.stereo import SEARAFTStereo, SGBMStereo
+
+        cls: type = SGBMStereo if backend == "cpu" else SEARAFTStereo
+        neural_only: frozenset[str] = frozenset()
+    elif stage == "tracking":
+        from s4d_ray.stages.tracking import Tracker
+
+        cls, neural_only = Tracker, Tracker.NEURAL_ONLY
+    elif stage == "segmentation":
+        from s4d_ray.stages.segmentation import Segmenter
+
+        cls, neural_only = Segmenter, Segmenter.NEURAL_ONLY
+    else:
+        raise KeyError(stage)
+    skip = {"self", "backend", *ENGINE_OPTIONS, *(neural_only if backend == "cpu" else ())}
+    return {
+        name: p
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+        if name not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+
+
+def _check_model_options(stage: str, options: Any, backend: str) -> None:
+    where = f"models.{stage}"
+    if not isinstance(options, dict):
+        raise ConfigError(where, f"must be a mapping of options, got {_type_name(options)}")
+    parameters = model_parameters(stage, backend)
+    for name, value in options.items():
+        key = f"{where}.{name}"
+        if name in ENGINE_OPTIONS:
+            raise ConfigError(key, f"set models.{name} instead (one value for every model)")
+        if name not in parameters:
+            raise ConfigError(
+                key,
+                f"not an option of the {backend} {stage} backend; options: {sorted(parameters)}",
+            )
+        if stage == "stereo" and name == "config" and value is not None:
+            _check_sea_raft_config(key, value)
+            continue
+        _check_type(key, value, parameters[name].annotation)
+        if name in POSITIVE_OPTIONS and value is not None:
+            _at_least(key, value, 1)
+        if name == "prune_radius":
+            _at_least(key, value, 0)
+
+
+def _check_sea_raft_config(key: str, value: Any) -> None:
+    """`models.stereo.config`: a mapping of official SEA-RAFT config keys (imports torch, so
+    only when given)."""
+    if not isinstance(value, dict):
+        raise ConfigError(key, f"must be a mapping of SEA-RAFT config keys, got {_type_name(value)}")
+    from s4d_ray.models.sea_raft import SEARAFTConfig
+
+    try:
+        SEARAFTConfig.from_dict(value)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(key, str(error)) from error
+
+
+def check_config(config: PipelineConfig) -> None:
+    """Every value of `config` (types, ranges, model options); raises ConfigError."""
+    _check_fields(config, "")
+    _at_least("clips_per_shard", config.clips_per_shard, 1)
+    _at_least("min_tracks", config.min_tracks, 0)
+    _at_least("failure_check_after", config.failure_check_after, 1)
+    if not 0.0 <= config.max_failure_fraction <= 1.0:
+        raise ConfigError(
+            "max_failure_fraction", f"must be in [0, 1], got {config.max_failure_fraction!r}"
+        )
+    for name, res in config.stages.items():
+        prefix = f"stages.{name}."
+        if not isinstance(res, StageResources):
+            raise ConfigError(f"stages.{name}", f"must be a mapping, got {_type_name(res)}")
+        _check_fields(res, prefix)
+        _at_least(prefix + "num_cpus", res.num_cpus, 0)
+        _at_least(prefix + "num_gpus", res.num_gpus, 0)
+        _at_least(prefix + "min_actors", res.min_actors, 1)
+        _at_least(prefix + "max_actors", res.max_actors, res.min_actors)
+    if not isinstance(config.models, ModelSettings):
+        raise ConfigError("models", f"must be a mapping, got {_type_name(config.models)}")
+    _check_fields(config.models, "models.")
+    if config.models.precision not in PRECISIONS:
+        raise ConfigError(
+            "models.precision", f"must be one of {PRECISIONS}, got {config.models.precision!r}"
+        )
+    if not _DEVICE.match(config.models.device):
+        raise ConfigError(
+            "models.device", f"must be auto, cpu, mps, cuda or cuda:N, got {config.models.device!r}"
+        )
+    for stage in MODEL_STAGES:
+        _check_model_options(stage, getattr(config.models, stage), config.backend)
+    if not isinstance(config.optimizer, OptimizerSettings):
+        raise ConfigError("optimizer", f"must be a mapping, got {_type_name(config.optimizer)}")
+    _check_fields(config.optimizer, "optimizer.")
+    _at_least("optimizer.clips_per_batch", config.optimizer.clips_per_batch, 1)
+    _at_least("optimizer.num_steps", config.optimizer.num_steps, 1)
+
+
+# --- building from plain data -----------------------------------------------------------------
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    """`value` as a dict (None = empty); anything else that is not a mapping is an error."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(where, f"must be a mapping, got {_type_name(value)} {value!r:.80}")
+    for key in value:
+        if not isinstance(key, str):
+            raise ConfigError(where, f"keys must be strings, got {_type_name(key)} {key!r}")
+    return dict(value)
+
+
+def _known(cls: type, values: dict[str, Any], prefix: str) -> dict[str, Any]:
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"{prefix}{key}", f"unknown key; known here: {known}")
+    return values
+
+
+def config_from_dict(values: Any) -> PipelineConfig:
+    """A checked PipelineConfig from plain data (a parsed YAML/JSON file); ConfigError names
+    the first bad key."""
+    values = _known(PipelineConfig, _mapping(values, ""), "")
+    backend = values.get("backend", "cpu")
+    if backend not in BACKENDS:
+        raise ConfigError("backend", f"must be one of {BACKENDS}, got {backend!r}")
+    stages = default_resources(backend)
+    for name, overrides in _mapping(values.pop("stages", None), "stages").items():
+        if name not in stages:
+            raise ConfigError(f"stages.{name}", f"no such stage; stages are {sorted(stages)}")
+        overrides = _known(StageResources, _mapping(overrides, f"stages.{name}"), f"stages.{name}.")
+        stages[name] = dataclasses.replace(stages[name], **overrides)
+    values["stages"] = stages
+    if "models" in values:
+        models = _known(ModelSettings, _mapping(values["models"], "models"), "models.")
+        for stage in MODEL_STAGES:
+            if stage in models:
+                models[stage] = _mapping(models[stage], f"models.{stage}")
+        values["models"] = ModelSettings(**models)
+    if "optimizer" in values:
+        optimizer = _known(OptimizerSettings, _mapping(values["optimizer"], "optimizer"), "optimizer.")
+        values["optimizer"] = OptimizerSettings(**optimizer)
+    return PipelineConfig(**values)
+
+
+def load_config(uri: str | None, **overrides: Any) -> PipelineConfig:
+    """Read a YAML/JSON config from any fsspec URI (None: defaults), apply overrides (None
+    values are ignored) and check it. ConfigError for a bad file or value."""
+    values: Any = {}
+    if uri:
+        text = fs.read_bytes(uri).decode()
+        try:
+            if uri.endswith(".json"):
+                values = json.loads(text)
+            else:
+                import yaml
+
+                values = yaml.safe_load(text)
+        except ValueError as error:  # json.JSONDecodeError, UnicodeDecodeError
+            raise ConfigError("", f"{uri!r} is not valid JSON/YAML: {error}") from error
+        except Exception as error:  # yaml.YAMLError
+            if type(error).__module__.startswith("yaml"):
+                raise ConfigError("", f"{uri!r} is not valid YAML: {error}") from error
+            raise
+        if values is None:
+            values = {}
+        if not isinstance(values, Mapping):
+            raise ConfigError("", f"{uri!r} must hold a mapping, got {_type_name(values)}")
+        values = dict(values)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return config_from_dict(values)
+
+
+def config_to_dict(config: PipelineConfig) -> dict[str, Any]:
+    """Plain data of a config (for summary.json and logs)."""
+    return dataclasses.asdict(config)

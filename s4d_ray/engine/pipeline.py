@@ -1,0 +1,279 @@
+"""The engine: one streamed Ray Data dataset whose rows are clips, built from the stage list.
+
+    clip rows ─▶ decode (CPU tasks) ─▶ StereoActor pool ─▶ TrackingActor pool
+              ─▶ SegmentationActor pool ─▶ lift (CPU tasks) ─▶ OptimizeActor pool
+              (batches of clips per jitted call) ─▶ write (npz per clip, Parquet per batch)
+
+Resume: a clip is complete when its npz exists *and* its row is in a Parquet shard; complete
+clips are skipped, so a re-run (after a kill, or with more inputs) does only what is missing
+and never writes a clip twice (names are deterministic). Failed clips are retried on the next
+run; `failures/failures-all.parquet` always lists the clips whose latest attempt failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+from fsspec.implementations.local import LocalFileSystem
+
+from s4d_ray.engine.clip_stages import Row, batch_to_rows, input_rows, rows_to_batch
+from s4d_ray.engine.config import PipelineConfig, config_to_dict
+from s4d_ray.engine.runner import actor_class, apply, task_function
+from s4d_ray.engine.stage_list import REDUCER, STAGES, Job, is_pool
+from s4d_ray.io import fs
+from s4d_ray.io.clip_io import npz_stem
+from s4d_ray.io.writer import (
+    FAILURES_DIR,
+    NPZ_DIR,
+    PARQUET_DIR,
+    ClipFailure,
+    read_failures,
+    write_failures,
+)
+
+log = logging.getLogger("s4d_ray.engine.pipeline")
+
+FAILURES_NAME = "shard-all"
+
+
+class TooManyFailuresError(RuntimeError):
+    """More clips failed than `max_failure_fraction` allows: likely a systemic error."""
+
+
+def _arrow_filesystem(filesystem: fsspec.AbstractFileSystem) -> pafs.FileSystem:
+    """pyarrow's own filesystem for local paths (native, multi-threaded), else the fsspec one
+    wrapped (gcsfs with its emulator and anonymous-access options, memory://)."""
+    if isinstance(filesystem, LocalFileSystem):
+        return pafs.LocalFileSystem()
+    return pafs.PyFileSystem(pafs.FSSpecHandler(filesystem))
+
+
+def clip_ids_in_shards(folder: str) -> set[str]:
+    """The `name` column of every Parquet shard in `folder`, read as ONE pyarrow dataset.
+
+    One listing, then pyarrow reads each shard's footer and name column chunk on its thread
+    pool (no schema inference: the fragments are made from the listed paths directly).
+    """
+    filesystem, paths = fs.list_paths(folder, ".parquet")
+    if not paths:
+        return set()
+    dataset = pads.FileSystemDataset.from_paths(
+        paths,
+        schema=pa.schema([("name", pa.string())]),
+        format=pads.ParquetFileFormat(),
+        filesystem=_arrow_filesystem(filesystem),
+    )
+    return set(dataset.to_table(columns=["name"]).column("name").to_pylist())
+
+
+def completed_clip_ids(output: str) -> set[str]:
+    """Clips with an npz and a row in some Parquet shard under `output` (two listings and one
+    dataset read: ~110,000 clips in 14,000 shards take seconds, see benchmarks/bench_startup)."""
+    _, npz_paths = fs.list_paths(fs.join(output, NPZ_DIR), ".npz")
+    npz = {npz_stem(p) for p in npz_paths}
+    return npz & clip_ids_in_shards(fs.join(output, PARQUET_DIR))
+
+
+def build_dataset(rows: list[Row], config: PipelineConfig, output: str):
+    """The streamed dataset of the whole pipeline, one operator per entry of the stage list;
+    iterating it yields one summary row per clip (the write stage's output)."""
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    job = Job(config, output)
+    ds = ray.data.from_items(rows, override_num_blocks=max(len(rows), 1))
+    for spec in STAGES:
+        res = config.resources(spec.name)
+        options: dict[str, Any] = {"num_cpus": res.num_cpus}
+        if is_pool(spec):
+            fn: Any = actor_class(spec.name)
+            # Ray Data restarts dead pool actors and retries their tasks by default
+            options.update(
+                compute=ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
+                num_gpus=res.num_gpus,
+                fn_constructor_args=(job,),
+            )
+        else:
+            fn = task_function(spec.name, job)
+        if spec.kind == REDUCER:
+            ds = ds.map_batches(
+                fn, batch_size=spec.batch_size(config), batch_format="numpy", **options
+            )
+        else:
+            ds = ds.map(fn, **options)
+    return ds
+
+
+@dataclass
+class RunSummary:
+    """What a run did: counts, failures by stage, seconds per stage per clip, throughput."""
+
+    clips_done: int = 0
+    clips_failed: int = 0
+    clips_skipped: int = 0
+    failures_by_stage: dict[str, int] = field(default_factory=dict)
+    stage_seconds_per_clip: dict[str, float] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    clips_per_hour: float = 0.0
+    frames_done: int = 0
+    tracks_done: int = 0
+    backend: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def _consolidate_failures(
+    output: str, run_failures: list[ClipFailure], completed: set[str]
+) -> str | None:
+    """One failures table: earlier failures of clips still not complete, replaced by this
+    run's failure of the same clip; the per-run files it supersedes are removed."""
+    folder = fs.join(output, FAILURES_DIR)
+    old_files = fs.list_files(folder, ".parquet")
+    by_clip = {f.clip_id: f for uri in old_files for f in read_failures(uri)}
+    by_clip.update({f.clip_id: f for f in run_failures})
+    keep = [f for clip_id, f in sorted(by_clip.items()) if clip_id not in completed]
+    written = write_failures(keep, output, FAILURES_NAME)
+    for uri in old_files:
+        if uri != written:
+            filesystem, path = fs.filesystem(uri)
+            filesystem.rm(path)
+    return written
+
+
+@dataclass
+class RunPlan:
+    """What the driver knows before the dataset starts."""
+
+    rows: list[Row]  # input rows of the clips to process
+    rejected: list[Row]  # inputs failed before any stage (stage `input`: bad file names)
+    completed: set[str]  # clips already complete under the output (skipped)
+
+
+def plan_run(
+    npz: str, output: str, videos: str = "", rectified: str = "", limit: int | None = None
+) -> RunPlan:
+    """Everything `run_pipeline` does on the driver before the dataset starts: list the inputs
+    (and the rectified videos), read which clips are complete, build the clip rows. Listings
+    and one dataset read, no call per clip (benchmarks/bench_startup.py)."""
+    if not (videos or rectified):
+        raise ValueError("give the raw video folder (--videos) or rectified videos (--rectified)")
+    fs.makedirs(output)
+    completed = completed_clip_ids(output)
+    rows, rejected = input_rows(npz, videos, rectified, limit, frozenset(completed))
+    return RunPlan(rows, rejected, completed)
+
+
+def run_pipeline(
+    npz: str,
+    output: str,
+    config: PipelineConfig,
+    videos: str = "",
+    rectified: str = "",
+    limit: int | None = None,
+) -> RunSummary:
+    """Process every not-yet-complete clip under `npz`; write outputs and `summary.json`.
+
+    Connects to a running Ray cluster if one is initialised or `RAY_ADDRESS` is set, else
+    starts a local one. Raises TooManyFailuresError when the failure fraction exceeds the
+    configured limit (after the outputs so far are written).
+    """
+    import ray
+
+    start = time.perf_counter()
+    plan = plan_run(npz, output, videos, rectified, limit)
+    rows, rejected, completed = plan.rows, plan.rejected, plan.completed
+    summary = RunSummary(
+        clips_skipped=len(completed), backend=config.backend, config=config_to_dict(config)
+    )
+    log.info(
+        "%d clips to process, %d already complete, %d rejected inputs",
+        len(rows),
+        len(completed),
+        len(rejected),
+    )
+    if not ray.is_initialized():
+        ray.init(
+            **({} if os.environ.get("RAY_ADDRESS") else {"num_cpus": max(os.cpu_count() or 1, 4)})
+        )
+
+    failures = [
+        ClipFailure(r["clip_id"], r["error_stage"], r["error_type"], r["error_message"])
+        for r in rejected
+    ]
+    stage_seconds: Counter[str] = Counter()
+    stage_counts: Counter[str] = Counter()
+    aborted: TooManyFailuresError | None = None
+    if rows:
+        for clip in build_dataset(rows, config, output).iter_rows():
+            if clip["status"] == "done":
+                completed.add(str(clip["clip_id"]))  # its npz and shard row are written
+                summary.clips_done += 1
+                summary.frames_done += int(clip["num_frames"])
+                summary.tracks_done += int(clip["num_tracks"])
+                for stage, seconds in json.loads(clip["timings"]).items():
+                    stage_seconds[stage] += seconds
+                    stage_counts[stage] += 1
+            else:
+                failures.append(
+                    ClipFailure(
+                        str(clip["clip_id"]),
+                        str(clip["error_stage"]),
+                        str(clip["error_type"]),
+                        str(clip["error_message"]),
+                    )
+                )
+            processed = summary.clips_done + len(failures)
+            if (
+                processed >= config.failure_check_after
+                and len(failures) > config.max_failure_fraction * processed
+            ):
+                aborted = TooManyFailuresError(
+                    f"{len(failures)} of {processed} clips failed (limit {config.max_failure_fraction:.0%}); "
+                    f"first: {failures[0].clip_id} in {failures[0].stage}: {failures[0].message[:300]}"
+                )
+                break
+    summary.clips_failed = len(failures)
+    summary.failures_by_stage = dict(Counter(f.stage for f in failures))
+    summary.stage_seconds_per_clip = {
+        stage: round(stage_seconds[stage] / stage_counts[stage], 4)
+        for stage in [spec.name for spec in STAGES]
+        if stage_counts[stage]
+    }
+    summary.wall_seconds = round(time.perf_counter() - start, 3)
+    summary.clips_per_hour = (
+        round(3600 * summary.clips_done / summary.wall_seconds, 2) if summary.wall_seconds else 0.0
+    )
+    _consolidate_failures(output, failures, completed)
+    with fs.open_atomic(fs.join(output, "summary.json"), "w") as f:
+        f.write(json.dumps(summary.__dict__, indent=2, sort_keys=True))
+    if aborted:
+        raise aborted
+    return summary
+
+
+def run_in_process(rows: list[Row], config: PipelineConfig, output: str) -> list[dict[str, Any]]:
+    """Every stage of every clip, one after another in this process, no Ray: the same stage
+    list, set-ups and transforms as the dataset. For debugging a clip, and the baseline the
+    streaming benchmark compares against. Returns the write stage's summary rows."""
+    job = Job(config, output)
+    contexts = {spec.name: spec.setup(job) for spec in STAGES}
+    summaries = []
+    for row in rows:
+        item: Any = row
+        batched = False
+        for spec in STAGES:
+            if (spec.kind == REDUCER) != batched:  # one clip as a batch of one, or back
+                item = batch_to_rows(item)[0] if batched else rows_to_batch([item])
+                batched = not batched
+            item = apply(spec, contexts[spec.name], item)
+        summaries += batch_to_rows(item) if batched else [item]
+    return summaries

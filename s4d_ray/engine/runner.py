@@ -1,0 +1,74 @@
+"""Running one entry of the stage list on clips: set up once, then per clip (or batch), with
+failure capture and metrics. The same objects serve Ray Data (callable classes in actor pools,
+functions for tasks) and the in-process runner."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from s4d_ray.engine import metrics
+from s4d_ray.engine.clip_stages import Row, batch_to_rows, failed, rows_to_batch, run_stage
+from s4d_ray.engine.stage_list import REDUCER, STAGE, Job, StageSpec
+
+Batch = dict[str, np.ndarray]
+
+
+def record_stage_outcome(row: Row, spec: StageSpec, was_failed: bool) -> None:
+    """Metrics of one clip after `spec`: its seconds, or a failure if it failed right there."""
+    if was_failed:
+        return
+    if failed(row):
+        metrics.record_clip_failed(spec.name)
+    else:
+        metrics.record_stage_from_row(row, spec.name)
+
+
+def apply(spec: StageSpec, context: Any, item: Row | Batch) -> Row | Batch:
+    """Run `spec` on one clip row (task, actor) or a numpy batch of clips (reducer)."""
+    if spec.kind == REDUCER:
+        rows = batch_to_rows(item)
+        before = [failed(row) for row in rows]
+        rows = spec.process(rows, context)
+        for was_failed, row in zip(before, rows, strict=True):
+            record_stage_outcome(row, spec, was_failed)
+        return rows_to_batch(rows)
+    was_failed = failed(item)
+    row = run_stage(item, spec, lambda r: spec.process(r, context))
+    record_stage_outcome(row, spec, was_failed)
+    return row
+
+
+class StageActor:
+    """A stage whose state (a model, a jitted optimiser) is set up once per actor. Ray Data
+    gets one subclass per stage (`actor_class`), so pools carry the stage's name."""
+
+    stage_name = ""
+
+    def __init__(self, job: Job) -> None:
+        self.spec = STAGE[self.stage_name]
+        self.context = self.spec.setup(job)
+
+    def __call__(self, item: Row | Batch) -> Row | Batch:
+        return apply(self.spec, self.context, item)
+
+
+@cache
+def actor_class(stage_name: str) -> type[StageActor]:
+    """The actor class of a stage, named after it (`StereoActor`, `OptimizeActor`, ...)."""
+    name = STAGE[stage_name].actor_name
+    return type(name, (StageActor,), {"stage_name": stage_name, "__qualname__": name})
+
+
+def task_function(stage_name: str, job: Job) -> Callable[[Any], Any]:
+    """The Ray task function of a stateless stage, named after it (`decode`, `lift`, ...)."""
+    spec = STAGE[stage_name]
+
+    def run(item: Any) -> Any:
+        return apply(spec, spec.setup(job), item)
+
+    run.__name__ = run.__qualname__ = stage_name
+    return run

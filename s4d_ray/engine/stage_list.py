@@ -1,0 +1,219 @@
+"""The engine's one stage list: what runs, in which order, how, and on which resources.
+
+Both runners read it — the streamed Ray Data graph (`pipeline.build_dataset`) and the
+in-process runner (`pipeline.run_in_process`) — and `config.stages` keys are checked
+against it. Each entry names its per-clip transform, its kind and its default resources:
+
+- `task`: a stateless CPU transform, `process(row, job) -> row`, run as Ray tasks;
+- `actor`: a model pinned in an actor pool: `setup(job)` loads it once per actor,
+  `process(row, model) -> row` runs per clip;
+- `reducer`: a batch of clips per call (`batch_size(config)` of them): `setup(job)` once per
+  actor (or per task when the stage holds no state), `process(rows, state) -> rows`.
+
+Adding a stage = one `StageSpec` here + its transform in `clip_stages`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from s4d_ray.engine import clip_stages
+from s4d_ray.engine.clip_stages import RECORD_COLUMNS, Stage
+from s4d_ray.engine.metrics import report_written
+
+if TYPE_CHECKING:
+    from s4d_ray.engine.config import PipelineConfig
+
+TASK, ACTOR, REDUCER = "task", "actor", "reducer"
+
+
+@dataclass(frozen=True)
+class StageResources:
+    """Ray resources of one stage: per actor (actor pools) or per task (tasks)."""
+
+    num_cpus: float = 0.5
+    num_gpus: float = 0.0
+    min_actors: int = 1
+    max_actors: int = 1
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a stage may need besides its clip: the run's configuration and output root."""
+
+    config: PipelineConfig
+    output: str
+
+
+def _job(job: Job) -> Job:
+    return job
+
+
+@dataclass(frozen=True)
+class StageSpec(Stage):
+    """One entry of the stage list: a `Stage` (name, columns) plus how and where it runs."""
+
+    kind: str = TASK
+    process: Callable[..., Any] = lambda item, context: item
+    setup: Callable[[Job], Any] = _job
+    batch_size: Callable[[PipelineConfig], int] | None = None
+    resources: dict[str, StageResources] = field(default_factory=dict)
+    """Default resources per backend ('cpu', 'neural')."""
+
+    @property
+    def actor_name(self) -> str:
+        """Class name the stage's actors carry in the Ray dashboard, e.g. `StereoActor`."""
+        return "".join(part.title() for part in self.name.split("_")) + "Actor"
+
+
+# --- model set-up (once per actor) ------------------------------------------------------------
+
+
+def _model_options(job: Job, stage: str) -> dict[str, Any]:
+    """The stage's model options from the config; on `neural` plus device and precision."""
+    from s4d_ray.models.device import pick_device
+
+    models = job.config.models
+    options = dict(getattr(models, stage))
+    if job.config.backend == "neural":
+        options.update(device=pick_device(models.device), precision=models.precision)
+    return options
+
+
+def setup_stereo(job: Job) -> Any:
+    """SEA-RAFT (neural) or SGBM (cpu) stereo matcher."""
+    from s4d_ray.stages.stereo import StereoMatcher
+
+    options = _model_options(job, "stereo")
+    if isinstance(options.get("config"), dict):
+        from s4d_ray.models.sea_raft import SEARAFTConfig
+
+        options["config"] = SEARAFTConfig.from_dict(options["config"])
+    return StereoMatcher(job.config.backend, **options)
+
+
+def setup_tracking(job: Job) -> Any:
+    """BootsTAP (neural, official checkpoint by default) or Lucas–Kanade (cpu) tracker."""
+    from s4d_ray.stages.tracking import Tracker
+
+    options = _model_options(job, "tracking")
+    if job.config.backend == "neural":
+        from s4d_ray.models.tapir import DEFAULT_URI
+
+        options.setdefault("weights_uri", DEFAULT_URI)
+    return Tracker(job.config.backend, **options)
+
+
+def setup_segmentation(job: Job) -> Any:
+    """DeepLabv3+ ADE20K (neural) or no segmentation (cpu: drift filter off)."""
+    from s4d_ray.stages.segmentation import Segmenter
+
+    return Segmenter(job.config.backend, **_model_options(job, "segmentation"))
+
+
+def setup_optimizer(job: Job) -> Callable[..., list]:
+    """The batched JAX optimiser, compiled once per frame bucket in this actor."""
+    from s4d_ray.track.optimize import optimize_clips
+
+    return partial(optimize_clips, num_steps=job.config.optimizer.num_steps)
+
+
+# --- the list ---------------------------------------------------------------------------------
+
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec(
+        "decode",
+        consumes=(),
+        adds={**RECORD_COLUMNS, "left": ("uint8", 4), "right": ("uint8", 4)},
+        kind=TASK,
+        process=lambda row, job: clip_stages.decode_and_rectify(row),
+        resources={"cpu": StageResources(num_cpus=1.0), "neural": StageResources(num_cpus=2.0)},
+    ),
+    StageSpec(
+        "stereo",
+        consumes=("right",),
+        adds={"depth": ("float32", 3)},
+        kind=ACTOR,
+        setup=setup_stereo,
+        process=lambda row, matcher: clip_stages.stereo_depth(row, matcher),
+        resources={
+            "cpu": StageResources(num_cpus=0.5),
+            "neural": StageResources(num_cpus=1.0, num_gpus=0.25, max_actors=4),
+        },
+    ),
+    StageSpec(
+        "tracking",
+        consumes=(),
+        adds={"tracks_2d": ("float32", 3), "visible": ("bool", 2), "query_frame": ("int64", 1)},
+        kind=ACTOR,
+        setup=setup_tracking,
+        process=lambda row, tracker: clip_stages.track_points(row, tracker),
+        resources={
+            "cpu": StageResources(num_cpus=0.5),
+            "neural": StageResources(num_cpus=1.0, num_gpus=0.5, max_actors=8),
+        },
+    ),
+    StageSpec(
+        "segmentation",
+        consumes=(),
+        adds={"point_labels": ("uint8", 2)},
+        kind=ACTOR,
+        setup=setup_segmentation,
+        process=lambda row, segmenter: clip_stages.segment_points(row, segmenter),
+        resources={
+            "cpu": StageResources(num_cpus=0.1),
+            "neural": StageResources(num_cpus=1.0, num_gpus=0.125, max_actors=2),
+        },
+    ),
+    StageSpec(
+        "lift",
+        consumes=("left", "depth", "tracks_2d", "query_frame", "point_labels"),
+        # `visible` stays, cut down to the kept tracks: it is written as the clip's visibility
+        adds={
+            "points": ("float32", 3),
+            "valid": ("bool", 2),
+            "motion": ("float32", 2),
+            "colours": ("uint8", 2),
+        },
+        kind=TASK,
+        process=lambda row, job: clip_stages.lift_and_filter(row, job.config.min_tracks),
+        resources={"cpu": StageResources(num_cpus=0.5), "neural": StageResources(num_cpus=1.0)},
+    ),
+    StageSpec(
+        "optimize",
+        consumes=("points", "valid"),
+        adds={"points_opt": ("float32", 3), "mask": ("bool", 2)},
+        kind=REDUCER,
+        setup=setup_optimizer,
+        process=lambda rows, optimize: clip_stages.optimize_rows(rows, optimize, STAGE["optimize"]),
+        batch_size=lambda config: config.optimizer.clips_per_batch,
+        resources={
+            "cpu": StageResources(num_cpus=0.5),
+            "neural": StageResources(num_cpus=2.0, max_actors=2),
+        },
+    ),
+    StageSpec(
+        "write",
+        consumes=(),
+        kind=REDUCER,
+        process=lambda rows, job: report_written(clip_stages.write_rows(rows, job.output)),
+        batch_size=lambda config: config.clips_per_shard,
+        resources={"cpu": StageResources(num_cpus=0.25), "neural": StageResources(num_cpus=0.5)},
+    ),
+)
+STAGE: dict[str, StageSpec] = {spec.name: spec for spec in STAGES}
+
+
+def is_pool(spec: StageSpec) -> bool:
+    """Whether the stage runs in an actor pool (it holds state set up once per actor)."""
+    return spec.kind == ACTOR or (spec.kind == REDUCER and spec.setup is not _job)
+
+
+def default_resources(backend: str) -> dict[str, StageResources]:
+    """Each stage's default resources on `backend`. CPU shares are fractional so that actor
+    pools never starve the decode tasks on small machines; on `neural`, models get fractional
+    GPUs sized to their share of the work (BootsTAP dominates)."""
+    return {spec.name: spec.resources[backend] for spec in STAGES}

@@ -1,0 +1,232 @@
+"""Rectification: raw side-by-side VR180 equirect video → 512×512 rectified perspective views.
+
+The reference rectifies each whole equirect eye (a full-resolution remap by `rectified2rig`),
+then crops a perspective view (a second full remap), recomputing both maps and seeking per frame.
+Here the two maps are composed into one 512×512 lookup per eye, computed once per clip, and the
+needed frames are decoded sequentially (DESIGN.md §2.1). No torch or Ray on this path.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from s4d_ray.errors import VideoError
+from s4d_ray.geometry.camera import (
+    RECTIFIED_HFOV_DEG,
+    RECTIFIED_SIZE,
+    composed_rectify_map,
+    equirect_rectification_map,
+    perspective_crop_map,
+)
+from s4d_ray.io import fs
+from s4d_ray.io.clip_io import ClipRecord, read_clip
+from s4d_ray.io.ids import validate_clip_id, validate_video_id
+from s4d_ray.io.video import decode_frames_at, probe_video, write_video
+
+log = logging.getLogger(__name__)
+
+MIN_VR180_HEIGHT = 1920
+STAGE = "rectify"
+
+
+class LowResolutionWarning(UserWarning):
+    """The raw video is below 1920 lines: low-resolution downloads give bad tracks."""
+
+
+@dataclass(frozen=True)
+class RectifyMaps:
+    """Composed remaps per eye: (map_x, map_y) float32 [S,S] into that eye's equirect half."""
+
+    left: tuple[np.ndarray, np.ndarray]
+    right: tuple[np.ndarray, np.ndarray]
+    eye_width: int
+
+
+def check_vr180_frame_size(width: int, height: int, clip_id: str) -> None:
+    """Reject what cannot be side-by-side VR180 equirect; warn below 1920 lines."""
+    if width <= 0 or height <= 0 or width % 2:
+        raise VideoError(clip_id, STAGE, f"{width}x{height} is not a side-by-side stereo frame")
+    aspect = (width / 2) / height
+    if not 0.75 <= aspect <= 1.34:
+        raise VideoError(
+            clip_id,
+            STAGE,
+            f"{width}x{height} is not VR180 side-by-side equirect "
+            f"(each eye should be about square, got {width // 2}x{height})",
+        )
+    if height < MIN_VR180_HEIGHT:
+        warnings.warn(
+            f"clip {clip_id}: raw video is {width}x{height}, below {MIN_VR180_HEIGHT} lines; "
+            "low-resolution downloads are a known source of bad tracks",
+            LowResolutionWarning,
+            stacklevel=2,
+        )
+
+
+def rectify_maps(
+    record: ClipRecord,
+    frame_hw: tuple[int, int],
+    out_size: int = RECTIFIED_SIZE,
+    hfov_deg: float = RECTIFIED_HFOV_DEG,
+) -> RectifyMaps:
+    """Per-eye composed maps for a clip's raw frames of size `frame_hw` (whole SBS frame)."""
+    height, width = frame_hw
+    eye_hw = (height, width // 2)
+    left, right = (
+        composed_rectify_map(
+            record.rectified2rig[eye], record.fov_bounds, eye_hw, out_size, hfov_deg
+        )
+        for eye in range(2)
+    )
+    return RectifyMaps(left=left, right=right, eye_width=width // 2)
+
+
+def remap_eye(eye_image: np.ndarray, eye_map: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Bilinear lookup with a black border, as the reference's cv2.remap calls."""
+    return cv2.remap(
+        eye_image,
+        eye_map[0],
+        eye_map[1],
+        interpolation=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0),
+    )
+
+
+def rectify_frame(frame: np.ndarray, maps: RectifyMaps) -> tuple[np.ndarray, np.ndarray]:
+    """One raw SBS frame [H,2W,3] → (left, right) rectified views [S,S,3] uint8."""
+    w = maps.eye_width
+    return remap_eye(frame[:, :w], maps.left), remap_eye(frame[:, w:], maps.right)
+
+
+def iter_rectified(
+    record: ClipRecord,
+    video_uri: str,
+    out_size: int = RECTIFIED_SIZE,
+    hfov_deg: float = RECTIFIED_HFOV_DEG,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (left, right) rectified frames [S,S,3] for each of the clip's timestamps."""
+    info = probe_video(video_uri, record.name, STAGE)
+    check_vr180_frame_size(info.width, info.height, record.name)
+    maps = rectify_maps(record, (info.height, info.width), out_size, hfov_deg)
+    for frame in decode_frames_at(video_uri, record.timestamps, record.name, STAGE):
+        yield rectify_frame(frame, maps)
+
+
+def rectify_clip(
+    record: ClipRecord,
+    video_uri: str,
+    out_size: int = RECTIFIED_SIZE,
+    hfov_deg: float = RECTIFIED_HFOV_DEG,
+) -> tuple[np.ndarray, np.ndarray]:
+    """All rectified frames of a clip: (left [T,S,S,3], right [T,S,S,3]) uint8."""
+    left = np.empty((record.num_frames, out_size, out_size, 3), np.uint8)
+    right = np.empty_like(left)
+    count = 0
+    for i, (l_img, r_img) in enumerate(iter_rectified(record, video_uri, out_size, hfov_deg)):
+        left[i], right[i] = l_img, r_img
+        count += 1
+    if count != record.num_frames:
+        raise VideoError(record.name, STAGE, f"decoded {count} of {record.num_frames} frames")
+    return left, right
+
+
+def rectified_video_uris(output_folder: str, clip_id: str) -> tuple[str, str]:
+    """Where the reference writes a clip's rectified videos: `OUT/<id>/<id>-{left,right}_…mp4`."""
+    validate_clip_id(clip_id)
+    return tuple(
+        fs.join(output_folder, clip_id, f"{clip_id}-{eye}_rectified.mp4")
+        for eye in ("left", "right")
+    )
+
+
+def _flat_rectified_video_uris(folder: str, clip_id: str) -> tuple[str, str]:
+    return tuple(fs.join(folder, f"{clip_id}-{eye}_rectified.mp4") for eye in ("left", "right"))
+
+
+def find_rectified_videos(folder: str, clip_id: str) -> tuple[str, str]:
+    """A clip's (left, right) rectified mp4s in `folder`: the reference's `<id>/<id>-…` layout,
+    else flat `<id>-{left,right}_rectified.mp4`. One `exists` call: for many clips use
+    `RectifiedVideoIndex`."""
+    nested = rectified_video_uris(folder, clip_id)
+    if fs.exists(nested[0]):
+        return nested
+    return _flat_rectified_video_uris(folder, clip_id)
+
+
+class RectifiedVideoIndex:
+    """`find_rectified_videos` for every clip of a folder from ONE recursive listing (one
+    paginated request on object stores), then dictionary look-ups: no call per clip.
+
+    A clip whose `<id>/<id>-left_rectified.mp4` is listed gets the nested pair; any other gets
+    the flat `<id>-{left,right}_rectified.mp4` pair (missing files fail when the clip is
+    decoded, naming the file, as before).
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        filesystem, root = fs.filesystem(folder)
+        root = root.rstrip("/")
+        try:
+            # maxdepth 2: `<id>-…mp4` and `<id>/<id>-…mp4`; gcsfs filters one flat listing
+            paths = filesystem.find(root, maxdepth=2)
+        except FileNotFoundError:
+            paths = []
+        self.nested: frozenset[str] = frozenset(
+            parts[0]
+            for parts in (p[len(root) :].lstrip("/").split("/") for p in paths)
+            if len(parts) == 2 and parts[1] == f"{parts[0]}-left_rectified.mp4"
+        )
+
+    def __call__(self, clip_id: str) -> tuple[str, str]:
+        """(left, right) URIs of `clip_id`, as `find_rectified_videos` returns them."""
+        if clip_id in self.nested:
+            return rectified_video_uris(self.folder, clip_id)
+        return _flat_rectified_video_uris(self.folder, clip_id)
+
+
+def rectify_to_files(
+    clip_id: str,
+    npz_folder: str,
+    raw_video_folder: str,
+    output_folder: str,
+    output_hfov: float = RECTIFIED_HFOV_DEG,
+    fps: float = 30.0,
+) -> tuple[str, str]:
+    """`s4d rectify`: read `<npz>/<id>.npz` and `<raw>/<video_id>.mp4`, write the two mp4s."""
+    validate_clip_id(clip_id)
+    record = read_clip(fs.join(npz_folder, f"{clip_id}.npz"))
+    video_uri = fs.join(raw_video_folder, f"{validate_video_id(record.video_id)}.mp4")
+    left, right = rectify_clip(record, video_uri, hfov_deg=output_hfov)
+    left_uri, right_uri = rectified_video_uris(output_folder, clip_id)
+    write_video(left_uri, left, fps=fps)
+    write_video(right_uri, right, fps=fps)
+    log.info("rectify: %s -> %s, %s", clip_id, left_uri, right_uri)
+    return left_uri, right_uri
+
+
+def rectify_frame_two_step(
+    frame: np.ndarray,
+    record: ClipRecord,
+    out_size: int = RECTIFIED_SIZE,
+    hfov_deg: float = RECTIFIED_HFOV_DEG,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The reference algorithm for one frame: rectify each whole equirect eye, then crop.
+
+    Two full-resolution remaps per eye with maps computed on the spot. Slow by design: kept to
+    validate the composed map against it and as the baseline of `benchmarks/bench_rectify.py`.
+    """
+    width = frame.shape[1] // 2
+    eye_hw = (frame.shape[0], width)
+    crop = perspective_crop_map(record.fov_bounds, eye_hw, out_size, hfov_deg)
+    views = []
+    for eye, image in enumerate((frame[:, :width], frame[:, width:])):
+        full = equirect_rectification_map(record.rectified2rig[eye], record.fov_bounds, eye_hw)
+        views.append(remap_eye(remap_eye(image, full), crop))
+    return views[0], views[1]

@@ -1,0 +1,178 @@
+"""Video decode and encode with PyAV (FFmpeg): sequential decoding of just the frames a clip needs.
+
+Timestamps are microseconds in the raw video, as in the Stereo4D release. Decoding seeks once to
+the keyframe before the first wanted timestamp and then decodes forward, which is what makes
+rectification fast (the reference seeks per frame).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from s4d_ray.errors import VideoError
+from s4d_ray.io import fs
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """Geometry and timing of a video stream."""
+
+    width: int
+    height: int
+    fps: float
+    duration_us: int | None
+
+
+def _open(uri: str):
+    """Open a local path directly, anything else through fsspec as a seekable file object."""
+    if fs.is_local(uri):
+        fs.input_size(uri)  # a regular file: a FIFO or device would block or never end
+        return av.open(uri.removeprefix("file://"))
+    fsys, path = fs.filesystem(uri)
+    return av.open(fsys.open(path, "rb"))
+
+
+def probe_video(uri: str, clip_id: str = "", stage: str = "decode") -> VideoInfo:
+    """Width, height, fps and duration of the first video stream of `uri`."""
+    try:
+        with _open(uri) as container:
+            stream = container.streams.video[0]
+            duration = None
+            if stream.duration is not None and stream.time_base is not None:
+                duration = int(stream.duration * stream.time_base * 1_000_000)
+            elif container.duration is not None:
+                duration = int(container.duration)
+            rate = stream.average_rate or stream.guessed_rate or 0
+            return VideoInfo(stream.width, stream.height, float(rate), duration)
+    except (av.FFmpegError, IndexError, OSError) as e:
+        raise VideoError(clip_id or uri, stage, f"cannot open video {uri!r}: {e}") from e
+
+
+def decode_frames_at(
+    uri: str, timestamps_us: np.ndarray, clip_id: str = "", stage: str = "decode"
+) -> Iterator[np.ndarray]:
+    """Yield the RGB frames [H,W,3] uint8 whose times best match `timestamps_us` (increasing).
+
+    A wanted timestamp matches the decoded frame nearest to it within half a frame period. One
+    seek to the first timestamp, then sequential decoding. Raises VideoError if the video ends
+    before the last timestamp, a frame is missing, or the stream is corrupt.
+    """
+    wanted = np.asarray(timestamps_us, dtype=np.int64)
+    label = clip_id or uri
+    if wanted.size == 0:
+        return
+    try:
+        container = _open(uri)
+    except (av.FFmpegError, OSError) as e:
+        raise VideoError(label, stage, f"cannot open video {uri!r}: {e}") from e
+    with container:
+        try:
+            stream = container.streams.video[0]
+        except IndexError:
+            raise VideoError(label, stage, f"no video stream in {uri!r}") from None
+        stream.thread_type = "AUTO"
+        rate = stream.average_rate or stream.guessed_rate or Fraction(30)
+        half_period_us = 500_000 / float(rate)
+        base = stream.time_base
+        first_seconds = max(0.0, wanted[0] / 1e6 - 1.0)
+        if first_seconds > 0:
+            container.seek(int(first_seconds / base), stream=stream, backward=True)
+        index = 0
+        last_time = None
+        try:
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    continue
+                time_us = float(frame.pts * base * 1_000_000)
+                last_time = time_us
+                image = None
+                while index < wanted.size and wanted[index] <= time_us + half_period_us:
+                    if wanted[index] < time_us - half_period_us:
+                        raise VideoError(
+                            label, stage, f"no frame near timestamp {wanted[index]} µs in {uri!r}"
+                        )
+                    if image is None:
+                        image = frame.to_ndarray(format="rgb24")
+                    yield image
+                    index += 1
+                if index >= wanted.size:
+                    return
+        except av.FFmpegError as e:
+            raise VideoError(label, stage, f"corrupt video {uri!r}: {e}") from e
+        end = "no frames decoded" if last_time is None else f"last frame at {int(last_time)} µs"
+        raise VideoError(
+            label,
+            stage,
+            f"timestamp {int(wanted[index])} µs is past the end of {uri!r} ({end}); "
+            f"{wanted.size - index} of {wanted.size} frames missing",
+        )
+
+
+def decode_first_frames(
+    uri: str, count: int, clip_id: str = "", stage: str = "decode"
+) -> np.ndarray:
+    """The first `count` RGB frames [count,H,W,3] uint8 of a video, decoded in order.
+
+    For videos whose frame k is clip frame k (the reference's rectified mp4s are written at a
+    fixed 30 fps from frame 0, so the raw timestamps do not apply to them).
+    """
+    label = clip_id or uri
+    frames = []
+    try:
+        with _open(uri) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for frame in container.decode(stream):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if len(frames) == count:
+                    return np.stack(frames)
+    except (av.FFmpegError, IndexError, OSError) as e:
+        raise VideoError(label, stage, f"cannot decode video {uri!r}: {e}") from e
+    raise VideoError(label, stage, f"{uri!r} has {len(frames)} frames, the clip needs {count}")
+
+
+def write_video(
+    uri: str, frames: Iterable[np.ndarray], fps: float = 30.0, crf: int = 18, codec: str = "libx264"
+) -> int:
+    """Encode RGB frames [H,W,3] uint8 to H.264 (yuv420p) at `uri` (any fsspec URI, atomic).
+
+    Returns the number of frames written.
+    """
+    local_target = fs.is_local(uri)
+    folder = os.path.dirname(os.path.abspath(uri)) if local_target else None
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    # hidden and not ending in .mp4: a killed encoder's leftover never looks like a video
+    fd, tmp = tempfile.mkstemp(prefix=fs.TEMP_PREFIX, suffix=".mp4" + fs.TEMP_SUFFIX, dir=folder)
+    os.close(fd)
+    count = 0
+    try:
+        with av.open(tmp, "w", format="mp4") as container:
+            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": str(crf)}
+            for image in frames:
+                if count == 0:
+                    stream.height, stream.width = image.shape[:2]
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+                container.mux(stream.encode(frame))
+                count += 1
+            container.mux(stream.encode(None))
+        if local_target:
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, uri)
+        else:
+            with open(tmp, "rb") as src, fs.open_atomic(uri) as dst:
+                shutil.copyfileobj(src, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return count

@@ -1,0 +1,310 @@
+"""Stage 7: write clips as release npz files, Parquet shards and a failures table.
+
+Layout under an output root (any fsspec URI: local path, `gs://`, `memory://`):
+    OUTPUT/npz/<clip_id>.npz              one release npz per clip (+ our extras)
+    OUTPUT/parquet/shard-<hash>.parquet   one row per clip, same fields as columns
+    OUTPUT/failures/failures-<hash>.parquet   clip_id, stage, error_type, message
+Every write is atomic (`fs.open_atomic`) and every name is a pure function of clip ids, so a
+re-run overwrites its earlier output instead of adding a duplicate.
+
+Our extras in each npz / row: `visibility` bool [N,T], `colours` uint8 [N,3] (query-point
+colour), `motion` float16 [N,T] px (camera-free 2D motion), `stage_timings` and `metadata`
+(JSON text in a 0-d unicode array: seconds per stage; model versions, backends).
+
+Parquet columns: string fields (name, video_id, stage_timings, metadata) are string columns;
+every array is a `large_list` of its row-major flattened values in its own dtype, with the
+shapes of `FIELD_SHAPES` (T frames, N tracks, L = Σ track_lengths). The per-row shapes are
+also stored as JSON in the `array_shapes` column, and `FIELD_SHAPES` in the schema metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from s4d_ray.io import fs
+from s4d_ray.io.clip_io import ClipRecord, write_clip
+
+NPZ_DIR = "npz"
+PARQUET_DIR = "parquet"
+FAILURES_DIR = "failures"
+SHAPES_COLUMN = "array_shapes"
+SHAPES_METADATA_KEY = b"s4d_ray.field_shapes"
+FAILURE_COLUMNS = ("clip_id", "stage", "error_type", "message")
+MAX_FAILURE_MESSAGE_CHARS = 8000
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+FIELD_SHAPES = {
+    "name": "str",
+    "video_id": "str",
+    "timestamps": "int64 [T] us",
+    "camera2world": "float [T,3,4]",
+    "track_lengths": "int64 [N]",
+    "track_indices": "int64 [L]",
+    "track_coordinates": "float32 [L,3] m",
+    "rectified2rig": "float [2,3,3]",
+    "fov_bounds": "float [4] deg",
+    "visibility": "bool [N,T]",
+    "colours": "uint8 [N,3]",
+    "motion": "float16 [N,T] px",
+    "stage_timings": "str (JSON: stage -> seconds)",
+    "metadata": "str (JSON: model versions, backends)",
+}
+
+
+def json_text(value: Mapping[str, Any]) -> np.ndarray:
+    """`value` as JSON (sorted keys) in a 0-d unicode array, storable without pickle."""
+    return np.array(json.dumps(dict(value), sort_keys=True))
+
+
+def read_json_extra(record: ClipRecord, key: str) -> dict[str, Any]:
+    """Decode a JSON extra (`stage_timings`, `metadata`) of a record."""
+    return json.loads(str(record.extras[key]))
+
+
+def build_clip_record(
+    *,
+    name: str,
+    video_id: str,
+    timestamps: np.ndarray,
+    camera2world: np.ndarray,
+    rectified2rig: np.ndarray,
+    fov_bounds: np.ndarray,
+    tracks: np.ndarray,
+    track_mask: np.ndarray,
+    visibility: np.ndarray,
+    colours: np.ndarray,
+    motion: np.ndarray,
+    stage_timings: Mapping[str, float],
+    metadata: Mapping[str, Any],
+) -> ClipRecord:
+    """A validated release record with our extras.
+
+    Args:
+        tracks: [N,T,3] m world, stored where `track_mask [N,T]` is true.
+        visibility: [N,T] bool. colours: [N,3] uint8. motion: [N,T] px (stored as float16).
+        stage_timings: seconds per stage. metadata: model versions, backends (JSON-able).
+    """
+    num_tracks, num_frames = np.shape(track_mask)
+    expected = {
+        "tracks": (np.shape(tracks), (num_tracks, num_frames, 3)),
+        "visibility": (np.shape(visibility), (num_tracks, num_frames)),
+        "colours": (np.shape(colours), (num_tracks, 3)),
+        "motion": (np.shape(motion), (num_tracks, num_frames)),
+        "timestamps": (np.shape(timestamps), (num_frames,)),
+    }
+    for field_name, (got, want) in expected.items():
+        if tuple(got) != want:
+            raise ValueError(f"clip {name!r}: {field_name} has shape {got}, expected {want}")
+    colours = np.asarray(colours)
+    if colours.dtype.kind not in "iu" or colours.min(initial=0) < 0 or colours.max(initial=0) > 255:
+        raise ValueError(
+            f"clip {name!r}: colours must be integers in [0, 255], got {colours.dtype}"
+        )
+    sparse = ClipRecord.sparse_from_dense(np.asarray(tracks), np.asarray(track_mask, dtype=bool))
+    stored_motion = np.minimum(np.asarray(motion, dtype=np.float64), _FLOAT16_MAX)
+    record = ClipRecord(
+        name=name,
+        video_id=video_id,
+        timestamps=np.asarray(timestamps, dtype=np.int64),
+        camera2world=np.asarray(camera2world),
+        rectified2rig=np.asarray(rectified2rig),
+        fov_bounds=np.asarray(fov_bounds),
+        **sparse,
+        extras={
+            "visibility": np.asarray(visibility, dtype=bool),
+            "colours": colours.astype(np.uint8),
+            "motion": stored_motion.astype(np.float16),
+            "stage_timings": json_text({k: float(v) for k, v in stage_timings.items()}),
+            "metadata": json_text(metadata),
+        },
+    )
+    return record.validate()
+
+
+def npz_uri(output_root: str, clip_id: str) -> str:
+    """Where a clip's npz goes: OUTPUT/npz/<clip_id>.npz."""
+    return fs.join(output_root, NPZ_DIR, f"{clip_id}.npz")
+
+
+def write_clip_npz(record: ClipRecord, output_root: str) -> str:
+    """Write one record as OUTPUT/npz/<clip_id>.npz (atomic, overwrites); return its URI."""
+    uri = npz_uri(output_root, record.validate().name)
+    write_clip(record, uri)
+    return uri
+
+
+def shard_name(clip_ids: Iterable[str]) -> str:
+    """Deterministic shard id of a set of clip ids (order-free): `shard-<16 hex>`."""
+    digest = hashlib.sha256("\n".join(sorted(set(clip_ids))).encode()).hexdigest()
+    return f"shard-{digest[:16]}"
+
+
+def _is_text(array: np.ndarray) -> bool:
+    return array.ndim == 0 and array.dtype.kind == "U"
+
+
+def clips_to_table(records: Sequence[ClipRecord]) -> pa.Table:
+    """One row per clip (sorted by name); see the module docstring for the columns."""
+    if not records:
+        raise ValueError("no clip records to tabulate")
+    rows = [r.validate().to_arrays() for r in sorted(records, key=lambda r: r.name)]
+    names = [str(row["name"]) for row in rows]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate clip ids in one shard: {sorted(names)}")
+    fields = list(rows[0])
+    columns: dict[str, pa.Array] = {}
+    for field_name in fields:
+        arrays = []
+        for row in rows:
+            if field_name not in row or set(row) != set(fields):
+                raise ValueError(
+                    f"clip {str(row['name'])!r} has fields {sorted(row)}, expected {sorted(fields)}"
+                )
+            arrays.append(row[field_name])
+        if all(_is_text(a) for a in arrays):
+            columns[field_name] = pa.array([str(a) for a in arrays], type=pa.string())
+            continue
+        dtypes = {a.dtype for a in arrays}
+        if len(dtypes) != 1 or any(_is_text(a) for a in arrays):
+            raise ValueError(f"field {field_name!r} has mixed types across clips: {dtypes}")
+        flat = [a.reshape(-1) for a in arrays]
+        offsets = np.concatenate([[0], np.cumsum([f.size for f in flat])]).astype(np.int64)
+        values = pa.array(np.concatenate(flat), type=pa.from_numpy_dtype(dtypes.pop()))
+        columns[field_name] = pa.LargeListArray.from_arrays(pa.array(offsets), values)
+    shapes = [
+        json.dumps({k: list(v.shape) for k, v in row.items() if not _is_text(v)}) for row in rows
+    ]
+    columns[SHAPES_COLUMN] = pa.array(shapes, type=pa.string())
+    table = pa.table(columns)
+    return table.replace_schema_metadata({SHAPES_METADATA_KEY: json.dumps(FIELD_SHAPES).encode()})
+
+
+def table_to_clips(table: pa.Table) -> list[ClipRecord]:
+    """Inverse of `clips_to_table`: validated records, arrays in their stored dtypes."""
+    shapes = [json.loads(s) for s in table.column(SHAPES_COLUMN).to_pylist()]
+    rows: list[dict[str, np.ndarray]] = [{} for _ in range(table.num_rows)]
+    for field_name in table.column_names:
+        if field_name == SHAPES_COLUMN:
+            continue
+        column = table.column(field_name).combine_chunks()
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            for row, text in zip(rows, column.to_pylist(), strict=True):
+                row[field_name] = np.array(text)
+            continue
+        offsets = column.offsets.to_numpy()
+        values = column.values.to_numpy(zero_copy_only=False)
+        for i, row in enumerate(rows):
+            flat = values[offsets[i] : offsets[i + 1]]
+            row[field_name] = flat.reshape(shapes[i][field_name]).copy()
+    return [ClipRecord.from_arrays(row, source=str(row.get("name", ""))) for row in rows]
+
+
+def parquet_uri(output_root: str, shard_id: str) -> str:
+    """Where a shard goes: OUTPUT/parquet/<shard_id>.parquet."""
+    return fs.join(output_root, PARQUET_DIR, f"{shard_id}.parquet")
+
+
+def write_parquet_shard(
+    records: Sequence[ClipRecord], output_root: str, shard_id: str | None = None
+) -> str:
+    """Write records as one Parquet shard (atomic); the name defaults to `shard_name(ids)`."""
+    table = clips_to_table(records)
+    uri = parquet_uri(output_root, shard_id or shard_name(r.name for r in records))
+    with fs.open_atomic(uri, "wb") as f:
+        pq.write_table(table, f, compression="zstd", row_group_size=8)
+    return uri
+
+
+def _read_tables(uri: str) -> list[pa.Table]:
+    """Parquet tables of a file, or of every `.parquet` file in a folder (sorted)."""
+    filesystem, path = fs.filesystem(uri)
+    files = [uri] if filesystem.isfile(path) else fs.list_files(uri, suffix=".parquet")
+    tables = []
+    for file_uri in files:
+        file_fs, file_path = fs.filesystem(file_uri)
+        with file_fs.open(file_path, "rb") as f:
+            tables.append(pq.read_table(f))
+    return tables
+
+
+def read_parquet_clips(uri: str) -> list[ClipRecord]:
+    """Records from a Parquet shard file or a folder of shards, in file then row order."""
+    return [record for table in _read_tables(uri) for record in table_to_clips(table)]
+
+
+@dataclass(frozen=True)
+class ClipFailure:
+    """A clip that a stage could not process; every failure is written, never dropped."""
+
+    clip_id: str
+    stage: str
+    error_type: str
+    message: str
+
+    @classmethod
+    def from_exception(cls, clip_id: str, stage: str, error: BaseException) -> ClipFailure:
+        return cls(clip_id, stage, type(error).__name__, str(error)[:MAX_FAILURE_MESSAGE_CHARS])
+
+
+def failures_uri(output_root: str, shard_id: str) -> str:
+    """Where a failures table goes: OUTPUT/failures/failures-<hash>.parquet."""
+    return fs.join(output_root, FAILURES_DIR, f"failures-{shard_id.removeprefix('shard-')}.parquet")
+
+
+def write_failures(
+    failures: Sequence[ClipFailure], output_root: str, shard_id: str | None = None
+) -> str | None:
+    """Write failures as a Parquet table (atomic); None when there are none.
+
+    The name defaults to `shard_name` of the failed clip ids, so a re-run overwrites.
+    """
+    if not failures:
+        return None
+    ordered = sorted(failures, key=lambda f: (f.clip_id, f.stage))
+    table = pa.table(
+        {col: pa.array([getattr(f, col) for f in ordered], pa.string()) for col in FAILURE_COLUMNS}
+    )
+    uri = failures_uri(output_root, shard_id or shard_name(f.clip_id for f in failures))
+    with fs.open_atomic(uri, "wb") as f:
+        pq.write_table(table, f, compression="zstd")
+    return uri
+
+
+def read_failures(uri: str) -> list[ClipFailure]:
+    """Failures from a table file or a folder of them."""
+    return [
+        ClipFailure(**row)
+        for table in _read_tables(uri)
+        for row in table.select(list(FAILURE_COLUMNS)).to_pylist()
+    ]
+
+
+@dataclass(frozen=True)
+class BatchOutputs:
+    """URIs written for one batch of clips."""
+
+    npz: tuple[str, ...]
+    parquet: str | None
+    failures: str | None
+
+
+def write_batch(
+    records: Sequence[ClipRecord], failures: Sequence[ClipFailure], output_root: str
+) -> BatchOutputs:
+    """Write a batch: one npz per record, one shard, one failures table.
+
+    Shard and failures names derive from all clip ids of the batch (done or failed), so a re-run
+    of the same batch overwrites both even when a different subset fails.
+    """
+    shard_id = shard_name([r.name for r in records] + [f.clip_id for f in failures])
+    npz = tuple(write_clip_npz(r, output_root) for r in records)
+    parquet = write_parquet_shard(records, output_root, shard_id) if records else None
+    return BatchOutputs(npz, parquet, write_failures(failures, output_root, shard_id))

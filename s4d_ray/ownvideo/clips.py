@@ -1,0 +1,262 @@
+"""Clips from a raw side-by-side VR180 video: cut at shots, tracking breaks and frozen frames.
+
+Stereo4D cut its videos where ORB-SLAM2 lost track and kept clips of at most 200 frames. Here a
+single sequential pass over the video's left eye (grey, downscaled to `analysis_size`) measures
+per frame
+- the mean absolute grey difference to the previous frame (a shot cut is a jump far above the
+  recent level; a near-zero difference is a repeated — frozen — frame), and
+- how many corners of the previous frame Lucas–Kanade tracks into this one (forward-backward
+  checked): a frame where most of them are lost breaks the track, as a SLAM system would.
+Frozen frames are skipped (frame-rate conversions repeat frames), shots are split at cuts and
+breaks, long shots into near-equal clips of ≤ `max_clip_frames`, and pieces shorter than
+`min_clip_frames` are dropped. Timestamps are the video frames' own presentation times in µs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import av
+import cv2
+import numpy as np
+
+from s4d_ray.errors import StageError, VideoError
+from s4d_ray.io import fs
+
+STAGE = "clips"
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """How a video is cut into clips.
+
+    max_clip_frames / min_clip_frames: clip length bounds (Stereo4D: ≤ 200). cut_ratio /
+    cut_min_difference: a frame is a shot cut when its grey difference to the previous frame
+    exceeds cut_ratio × the median of the previous `history` frames' differences and
+    cut_min_difference (grey levels, 0–255). frozen_difference: below this mean difference a
+    frame repeats the previous one. min_survival / min_tracked: tracking breaks at a frame where
+    fewer than this fraction of the previous frame's corners (or fewer than this many) track in.
+    """
+
+    max_clip_frames: int = 200
+    min_clip_frames: int = 32
+    analysis_size: int = 256
+    cut_ratio: float = 4.0
+    cut_min_difference: float = 12.0
+    history: int = 15
+    frozen_difference: float = 0.25
+    corners: int = 300
+    min_survival: float = 0.5
+    min_tracked: int = 30
+
+    def __post_init__(self) -> None:
+        if self.min_clip_frames < 2 or self.max_clip_frames < self.min_clip_frames:
+            raise ValueError(
+                f"need 2 <= min_clip_frames <= max_clip_frames, got {self.min_clip_frames}, "
+                f"{self.max_clip_frames}"
+            )
+
+
+@dataclass(frozen=True)
+class FrameScan:
+    """Per-frame measurements of one video pass (F frames).
+
+    timestamps [F] int64 µs; difference [F] mean |grey diff| to the previous frame (0 for the
+    first); tracked [F] corners tracked in from the previous frame; survival [F] their fraction
+    (1 for the first frame); frame_hw the full SBS frame size.
+    """
+
+    timestamps: np.ndarray
+    difference: np.ndarray
+    tracked: np.ndarray
+    survival: np.ndarray
+    frame_hw: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ClipSpan:
+    """One clip: the video frame indices [F'] it keeps and their timestamps [F'] int64 µs."""
+
+    frame_indices: np.ndarray
+    timestamps: np.ndarray
+
+    @property
+    def first_timestamp_us(self) -> int:
+        return int(self.timestamps[0])
+
+
+def _open(uri: str):
+    if fs.is_local(uri):
+        return av.open(uri.removeprefix("file://"))
+    fsys, path = fs.filesystem(uri)
+    return av.open(fsys.open(path, "rb"))
+
+
+def iter_video_frames(
+    uri: str, video_id: str = "", stage: str = STAGE
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (timestamp µs, RGB frame [H,W,3] uint8) for every frame of `uri`, in order."""
+    label = video_id or uri
+    try:
+        container = _open(uri)
+    except (av.FFmpegError, OSError) as e:
+        raise VideoError(label, stage, f"cannot open video {uri!r}: {e}") from e
+    with container:
+        try:
+            stream = container.streams.video[0]
+        except IndexError:
+            raise VideoError(label, stage, f"no video stream in {uri!r}") from None
+        stream.thread_type = "AUTO"
+        base = stream.time_base
+        try:
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    continue
+                yield (
+                    int(round(float(frame.pts * base) * 1_000_000)),
+                    frame.to_ndarray(format="rgb24"),
+                )
+        except av.FFmpegError as e:
+            raise VideoError(label, stage, f"corrupt video {uri!r}: {e}") from e
+
+
+def _left_grey(frame: np.ndarray, size: int) -> np.ndarray:
+    left = frame[:, : frame.shape[1] // 2]
+    grey = cv2.cvtColor(left, cv2.COLOR_RGB2GRAY)
+    return cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def track_survival(previous: np.ndarray, current: np.ndarray, corners: int) -> tuple[int, float]:
+    """(tracked count, fraction) of `previous`'s corners that LK tracks into `current` (grey).
+
+    A corner survives if LK succeeds both ways and returns within 1 px of where it started.
+    """
+    points = cv2.goodFeaturesToTrack(previous, corners, 0.01, 5)
+    if points is None or len(points) == 0:
+        return 0, 0.0
+    params = {"winSize": (15, 15), "maxLevel": 3}
+    forward, ok_f, _ = cv2.calcOpticalFlowPyrLK(previous, current, points, None, **params)
+    back, ok_b, _ = cv2.calcOpticalFlowPyrLK(current, previous, forward, None, **params)
+    error = np.linalg.norm((back - points).reshape(-1, 2), axis=1)
+    ok = (ok_f.ravel() == 1) & (ok_b.ravel() == 1) & (error < 1.0)
+    return int(ok.sum()), float(ok.mean())
+
+
+def scan_frames(frames: Iterator[tuple[int, np.ndarray]], config: ClipConfig) -> FrameScan:
+    """Measure frame differences and track survival over (timestamp µs, RGB SBS frame) pairs."""
+    times, diffs, tracked, survival = [], [], [], []
+    previous = None
+    frame_hw = (0, 0)
+    for time_us, frame in frames:
+        frame_hw = frame.shape[:2]
+        grey = _left_grey(frame, config.analysis_size)
+        if previous is None:
+            diffs.append(0.0)
+            count, fraction = config.corners, 1.0
+        else:
+            diffs.append(float(np.mean(cv2.absdiff(grey, previous))))
+            count, fraction = track_survival(previous, grey, config.corners)
+        times.append(time_us)
+        tracked.append(count)
+        survival.append(fraction)
+        previous = grey
+    return FrameScan(
+        timestamps=np.asarray(times, np.int64),
+        difference=np.asarray(diffs, np.float64),
+        tracked=np.asarray(tracked, np.int64),
+        survival=np.asarray(survival, np.float64),
+        frame_hw=frame_hw,
+    )
+
+
+def scan_video(uri: str, config: ClipConfig, video_id: str = "") -> FrameScan:
+    """One sequential pass over the video at `uri` (any fsspec URI)."""
+    return scan_frames(iter_video_frames(uri, video_id), config)
+
+
+def frame_flags(scan: FrameScan, config: ClipConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frozen [F], cut [F], broken [F]) bool: repeats, shot cuts, tracking breaks at each frame."""
+    n = scan.timestamps.size
+    frozen = np.zeros(n, bool)
+    cut = np.zeros(n, bool)
+    broken = np.zeros(n, bool)
+    recent: list[float] = []
+    for t in range(1, n):
+        d = scan.difference[t]
+        if d < config.frozen_difference:
+            frozen[t] = True  # a repeat: skipped, not a break, and not part of the history
+            continue
+        level = float(np.median(recent)) if recent else 0.0
+        cut[t] = d > max(config.cut_ratio * level, config.cut_min_difference)
+        broken[t] = not cut[t] and (
+            scan.survival[t] < config.min_survival or scan.tracked[t] < config.min_tracked
+        )
+        recent = [] if cut[t] else (recent + [d])[-config.history :]
+    return frozen, cut, broken
+
+
+def split_segment(indices: np.ndarray, config: ClipConfig) -> list[np.ndarray]:
+    """Split one unbroken run of frame indices into near-equal pieces of ≤ max_clip_frames."""
+    if indices.size < config.min_clip_frames:
+        return []
+    pieces = -(-indices.size // config.max_clip_frames)
+    return [p for p in np.array_split(indices, pieces) if p.size >= config.min_clip_frames]
+
+
+def split_clips(scan: FrameScan, config: ClipConfig) -> list[ClipSpan]:
+    """Clips of the scanned video (possibly none): frozen frames skipped, cut at cuts/breaks."""
+    frozen, cut, broken = frame_flags(scan, config)
+    segments: list[list[int]] = []
+    current: list[int] = []
+    for t in range(scan.timestamps.size):
+        if frozen[t]:
+            continue
+        if cut[t] or broken[t]:
+            segments.append(current)
+            current = []
+        current.append(t)
+    segments.append(current)
+    clips = []
+    for segment in segments:
+        for piece in split_segment(np.asarray(segment, np.int64), config):
+            clips.append(ClipSpan(frame_indices=piece, timestamps=scan.timestamps[piece]))
+    return clips
+
+
+def no_clip_reason(scan: FrameScan, config: ClipConfig) -> str:
+    """Why a scanned video yields no clip, with the figures."""
+    n = scan.timestamps.size
+    if n < config.min_clip_frames:
+        return f"the video has {n} frames, fewer than min_clip_frames = {config.min_clip_frames}"
+    frozen, cut, broken = frame_flags(scan, config)
+    if frozen[1:].mean() > 0.5:
+        return (
+            f"{int(frozen.sum())} of {n - 1} frames repeat the previous frame (a frozen video: "
+            "nothing moves, no camera motion to measure)"
+        )
+    longest = 0
+    run = 0
+    for t in range(n):
+        if frozen[t]:
+            continue
+        run = 1 if (cut[t] or broken[t]) else run + 1
+        longest = max(longest, run)
+    return (
+        f"no unbroken run of {config.min_clip_frames} frames: {int(cut.sum())} shot cuts and "
+        f"{int(broken.sum())} tracking breaks in {n} frames (median "
+        f"{int(np.median(scan.tracked[1:])) if n > 1 else 0} corners tracked frame to frame, "
+        f"longest run {longest} frames)"
+    )
+
+
+def split_video(
+    uri: str, video_id: str, config: ClipConfig | None = None
+) -> tuple[list[ClipSpan], FrameScan]:
+    """Clips of the video at `uri`; raises StageError(video_id, 'clips', why) when there is none."""
+    config = config or ClipConfig()
+    scan = scan_video(uri, config, video_id)
+    clips = split_clips(scan, config)
+    if not clips:
+        raise StageError(video_id, STAGE, no_clip_reason(scan, config))
+    return clips, scan

@@ -1,0 +1,1 @@
+"""Synthetic VR180 clips with exact ground truth, accuracy against it, and the demo."""

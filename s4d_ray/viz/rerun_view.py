@@ -1,0 +1,446 @@
+"""`s4d view`: a Rerun recording (.rrd) of one clip — cameras, 3D tracks, frames, depth over time.
+
+Input: a release-format npz (ours or the official release; any fsspec URI) and, optionally, the
+clip's rectified left frames — from the raw VR180 video (`videos`, rectified here), from the
+reference's rectified mp4s (`rectified`), or from a dense-output folder (`dense`, see
+`find_dense_outputs`) which may also hold depth maps.
+
+Entities (timeline `frame` = clip frame index, and `time` = seconds since the first frame):
+    world                     ViewCoordinates RDF (cameras look down +z, y down), static
+    world/trajectory          LineStrips3D: the left camera's path, static
+    world/camera              Transform3D: camera2world of the rectified left camera
+    world/camera/image        Pinhole (512x512, 60° hfov; drawn as a frustum) + Image (JPEG)
+    world/camera/image/tracks Points2D + LineStrips2D: tracks projected into the frame, trails
+    world/camera/depth        Pinhole + DepthImage (dense depth when present, mm; back-projected)
+    world/tracks              Points3D: tracks stored at this frame
+    world/tracks/trails       LineStrips3D: each track over its last `trail` frames
+    notes                     TextDocument: what was shown, what is missing and why
+
+Tracks are coloured by depth in the current camera (the shared log scale of
+`s4d_ray.viz.colours`, 1-20 m, near red, far blue) or, with `colour="motion"` and the
+`motion` extra present, moving (red) vs static (blue): moving = the optimiser's rule,
+p90 of the camera-free 2D motion > 20 px.
+
+Large clips stay responsive by subsampling (documented in `ViewOptions`): at most
+`max_tracks` tracks (evenly spaced over the track index, deterministic), every `frame_step`-th
+frame, JPEG-compressed images, depth at half resolution in millimetres (uint16).
+Bad or partial input never stops the recording: zero tracks, an npz without extras, or a
+missing or broken frames source are noted (log + `notes` entity + `ViewResult.missing`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from s4d_ray.geometry.camera import (
+    RECTIFIED_HFOV_DEG,
+    RECTIFIED_SIZE,
+    focal_length_px,
+    intrinsics,
+    project_points,
+)
+from s4d_ray.io import fs
+from s4d_ray.io.clip_io import ClipRecord, read_clip
+from s4d_ray.viz.colours import MOVING_RGB, STATIC_RGB, depth_colours
+
+log = logging.getLogger("s4d_ray.viz.rerun_view")
+
+APPLICATION_ID = "s4d_ray"
+FRAME_TIMELINE = "frame"
+TIME_TIMELINE = "time"
+MOVING_P90_PX = 20.0  # the optimiser's dynamic-weight threshold (track.optimize)
+
+
+@dataclass(frozen=True)
+class ViewOptions:
+    """What goes into the recording, and how large clips are thinned.
+
+    max_tracks: at most this many tracks (evenly spaced over the index; 0 = all).
+    frame_step: log every k-th frame. trail: frames of history drawn per track.
+    colour: "depth" or "motion". jpeg_quality: of the frames. depth_downsample: factor.
+    """
+
+    max_tracks: int = 3000
+    frame_step: int = 1
+    trail: int = 10
+    colour: str = "depth"
+    jpeg_quality: int = 85
+    depth_downsample: int = 2
+    image_plane_m: float = 0.25
+
+
+@dataclass
+class ViewResult:
+    """What a recording holds: frames logged, tracks shown (of total), sources, gaps."""
+
+    path: str
+    clip_id: str
+    frames_logged: int
+    tracks_shown: int
+    tracks_total: int
+    images_logged: int = 0
+    depth_logged: int = 0
+    shown: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+def find_dense_outputs(dense: str, clip_id: str) -> dict[str, str]:
+    """Dense outputs of a clip under `dense` (`<dense>/<clip_id>/` or `<dense>/<clip_id>.npz`):
+    {"npz": uri} for an npz holding `depth [T,H,W]` m and/or `left [T,H,W,3]` uint8, or
+    {"left": mp4} for `<clip_id>-left.mp4` / `left.mp4`; empty when none exists."""
+    found: dict[str, str] = {}
+    candidates = [fs.join(dense, f"{clip_id}.npz"), fs.join(dense, clip_id, f"{clip_id}.npz")]
+    candidates += [fs.join(dense, clip_id, name) for name in ("dense.npz", "depth.npz")]
+    for uri in candidates:
+        if fs.exists(uri):
+            found["npz"] = uri
+            break
+    for name in (f"{clip_id}-left.mp4", "left.mp4", f"{clip_id}-left_rectified.mp4"):
+        uri = fs.join(dense, clip_id, name)
+        if fs.exists(uri):
+            found["left"] = uri
+            break
+    return found
+
+
+def _load_dense_npz(uri: str) -> dict[str, np.ndarray]:
+    import io
+
+    with np.load(io.BytesIO(fs.read_bytes(uri)), allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files if k in ("depth", "left", "rgb")}
+
+
+def select_tracks(num_tracks: int, max_tracks: int) -> np.ndarray:
+    """Indices of at most `max_tracks` of `num_tracks`, evenly spaced (all when 0 or fewer)."""
+    if max_tracks <= 0 or num_tracks <= max_tracks:
+        return np.arange(num_tracks)
+    return np.unique(np.linspace(0, num_tracks - 1, max_tracks).round().astype(np.int64))
+
+
+def moving_tracks(motion: np.ndarray, stored: np.ndarray) -> np.ndarray:
+    """Moving tracks [N] bool: p90 of `motion [N,T]` px over `stored [N,T]` frames > 20 px."""
+    values = np.where(stored, np.asarray(motion, np.float64), np.nan)
+    has = np.isfinite(values).any(axis=1)
+    p90 = np.full(len(values), -np.inf)
+    if has.any():
+        p90[has] = np.nanpercentile(values[has], 90, axis=1)
+    return p90 > MOVING_P90_PX
+
+
+def _frames_source(
+    record: ClipRecord, videos: str, rectified: str, dense_left: str, missing: list[str]
+) -> tuple[str, Iterator[np.ndarray] | None]:
+    """(description, iterator of left frames [S,S,3]) or (why not, None)."""
+    from s4d_ray.geometry.rectify import find_rectified_videos, iter_rectified
+    from s4d_ray.io.video import decode_first_frames
+
+    if dense_left:
+        return f"dense left frames {dense_left}", iter(
+            decode_first_frames(dense_left, record.num_frames, record.name, "view")
+        )
+    if rectified:
+        left_uri, _ = find_rectified_videos(rectified, record.name)
+        if not fs.exists(left_uri):
+            missing.append(f"frames: no rectified video {left_uri} (showing cameras and tracks)")
+            return "", None
+        return f"rectified video {left_uri}", iter(
+            decode_first_frames(left_uri, record.num_frames, record.name, "view")
+        )
+    if videos:
+        video_uri = fs.join(videos, f"{record.video_id}.mp4")
+        if not fs.exists(video_uri):
+            missing.append(f"frames: no raw video {video_uri} (showing cameras and tracks)")
+            return "", None
+        return f"raw VR180 video {video_uri}, rectified here", (
+            left for left, _ in iter_rectified(record, video_uri)
+        )
+    missing.append("frames: none given (--videos, --rectified or --dense)")
+    return "", None
+
+
+def _blueprint():
+    import rerun.blueprint as rrb
+
+    return rrb.Blueprint(
+        rrb.Horizontal(
+            rrb.Spatial3DView(origin="world", name="3D: cameras and tracks"),
+            rrb.Vertical(
+                rrb.Spatial2DView(origin="world/camera/image", name="left frame + tracks"),
+                rrb.TextDocumentView(origin="notes", name="notes"),
+                row_shares=[3, 1],
+            ),
+            column_shares=[3, 2],
+        ),
+        collapse_panels=True,
+    )
+
+
+def _notes_markdown(record: ClipRecord, result: ViewResult, metadata: dict) -> str:
+    lines = [f"# clip `{record.name}`", ""]
+    lines += [f"- {item}" for item in result.shown]
+    if result.missing:
+        lines += ["", "## missing", ""] + [f"- {item}" for item in result.missing]
+    if metadata:
+        lines += ["", "## metadata", "", "```", json.dumps(metadata, indent=1)[:3000], "```"]
+    return "\n".join(lines)
+
+
+def log_clip(
+    rec,
+    record: ClipRecord,
+    options: ViewOptions = ViewOptions(),
+    frames: Iterator[np.ndarray] | None = None,
+    depth: np.ndarray | None = None,
+    result: ViewResult | None = None,
+) -> ViewResult:
+    """Log one clip into the Rerun recording stream `rec`.
+
+    Args:
+        record: the clip (release fields, extras optional).
+        frames: iterator of the left rectified frames [S,S,3] uint8, one per clip frame
+            (None: no images); a source that fails part-way is noted and dropped.
+        depth: [T,H,W] m (0 or NaN = invalid), optional.
+        result: a partly filled result (sources, gaps) to complete.
+    """
+    import rerun as rr
+
+    result = result or ViewResult("", record.name, 0, 0, record.num_tracks)
+    k = intrinsics(RECTIFIED_SIZE, RECTIFIED_SIZE, RECTIFIED_HFOV_DEG)
+    c2w = np.asarray(record.camera2world, np.float64)
+    w2c = record.world2camera().astype(np.float64)
+    metadata = {}
+    if "metadata" in record.extras:
+        try:
+            metadata = json.loads(str(record.extras["metadata"]))
+        except ValueError:
+            result.missing.append("metadata: extra is not JSON")
+
+    rr.log("world", rr.ViewCoordinates.RDF, static=True, recording=rec)
+    rr.log(
+        "world/trajectory",
+        rr.LineStrips3D([c2w[:, :, 3]], colors=[(255, 255, 255)], radii=0.005),
+        static=True,
+        recording=rec,
+    )
+    rr.log(
+        "world/camera/image",
+        rr.Pinhole(
+            focal_length=float(k[0, 0]),
+            principal_point=[float(k[0, 2]), float(k[1, 2])],
+            resolution=[RECTIFIED_SIZE, RECTIFIED_SIZE],
+            image_plane_distance=options.image_plane_m,
+        ),
+        static=True,
+        recording=rec,
+    )
+    result.shown.append(
+        f"{record.num_frames} cameras (rectified left eye, {RECTIFIED_SIZE} px, "
+        f"{RECTIFIED_HFOV_DEG:.0f}° hfov, f = {focal_length_px(RECTIFIED_SIZE, RECTIFIED_HFOV_DEG):.1f} px) "
+        "and their trajectory"
+    )
+
+    chosen = select_tracks(record.num_tracks, options.max_tracks)
+    dense = record.dense_tracks()[chosen]
+    stored = np.isfinite(dense[..., 0])
+    result.tracks_shown = len(chosen)
+    moving = None
+    if record.num_tracks == 0:
+        result.missing.append("tracks: the clip has zero tracks")
+    elif options.colour == "motion":
+        if "motion" in record.extras:
+            motion = np.asarray(record.extras["motion"], np.float32)[chosen]
+            moving = moving_tracks(motion, stored)
+        else:
+            result.missing.append("motion: no `motion` extra (release npz?); coloured by depth")
+    if record.num_tracks:
+        how = (
+            f"moving (red, {int(moving.sum())}) / static (blue)"
+            if moving is not None
+            else "depth in the current camera (log scale 1-20 m, near red, far blue)"
+        )
+        thinned = f" (every {record.num_tracks / len(chosen):.1f}th)" if len(chosen) < record.num_tracks else ""
+        result.shown.append(
+            f"{len(chosen)} of {record.num_tracks} tracks{thinned}, trails of {options.trail} "
+            f"frames, coloured by {how}"
+        )
+    extras = sorted(record.extras)
+    if not extras:
+        result.missing.append("extras: none (a release npz): no visibility, colours, motion")
+
+    step = max(1, options.frame_step)
+    ds = max(1, options.depth_downsample)
+    if depth is not None:
+        # its own pinhole: the depth map is smaller than the frame (1/ds resolution)
+        height, width = np.shape(depth)[1:3]
+        rr.log(
+            "world/camera/depth",
+            rr.Pinhole(
+                focal_length=float(k[0, 0]) * width / RECTIFIED_SIZE / ds,
+                resolution=[-(-width // ds), -(-height // ds)],
+                image_plane_distance=options.image_plane_m,
+            ),
+            static=True,
+            recording=rec,
+        )
+    times = (record.timestamps - record.timestamps[0]) / 1e6
+    for t in range(record.num_frames):
+        frame = None
+        if frames is not None:
+            try:
+                frame = next(frames)
+            except StopIteration:
+                result.missing.append(f"frames: the source ended at frame {t}")
+                frames = None
+            except Exception as error:  # a broken video must not lose the rest of the view
+                result.missing.append(f"frames: decoding failed at frame {t}: {error}")
+                frames = None
+        if t % step:
+            continue
+        rr.set_time(FRAME_TIMELINE, sequence=t, recording=rec)
+        rr.set_time(TIME_TIMELINE, duration=float(times[t]), recording=rec)
+        rr.log(
+            "world/camera",
+            rr.Transform3D(translation=c2w[t, :, 3], mat3x3=c2w[t, :, :3]),
+            recording=rec,
+        )
+        result.frames_logged += 1
+        if frame is not None:
+            rr.log(
+                "world/camera/image",
+                rr.Image(frame, color_model="RGB").compress(jpeg_quality=options.jpeg_quality),
+                recording=rec,
+            )
+            result.images_logged += 1
+        if depth is not None and t < len(depth):
+            d = np.nan_to_num(np.asarray(depth[t], np.float32))[::ds, ::ds]
+            mm = np.clip(d * 1000, 0, 65535).astype(np.uint16)
+            rr.log("world/camera/depth", rr.DepthImage(mm, meter=1000.0), recording=rec)
+            result.depth_logged += 1
+        if not len(chosen):
+            continue
+        here = stored[:, t]
+        if not here.any():
+            rr.log("world/tracks", rr.Clear(recursive=True), recording=rec)
+            rr.log("world/camera/image/tracks", rr.Clear(recursive=False), recording=rec)
+            continue
+        points = dense[here, t]
+        px, z = project_points(points, w2c[t], k)
+        if moving is not None:
+            colours = np.where(moving[here, None], MOVING_RGB, STATIC_RGB).astype(np.uint8)
+        else:
+            colours = depth_colours(z)
+        rr.log("world/tracks", rr.Points3D(points, colors=colours, radii=0.02), recording=rec)
+        lo = max(0, t - options.trail)
+        history = dense[here, lo : t + 1]
+        strips, strip_colours, strips_2d = [], [], []
+        for path, colour in zip(history, colours, strict=True):
+            path = path[np.isfinite(path[:, 0])]
+            if len(path) >= 2:
+                strips.append(path)
+                strip_colours.append(colour)
+                path_px, path_z = project_points(path, w2c[t], k)
+                strips_2d.append(path_px[path_z > 0.01])
+        rr.log(
+            "world/tracks/trails",
+            rr.LineStrips3D(strips, colors=strip_colours, radii=0.006),
+            recording=rec,
+        )
+        inside = (z > 0.01) & np.all((px >= 0) & (px < RECTIFIED_SIZE), axis=1)
+        rr.log(
+            "world/camera/image/tracks",
+            rr.Points2D(px[inside], colors=colours[inside], radii=2.0),
+            recording=rec,
+        )
+        rr.log(
+            "world/camera/image/tracks/trails",
+            rr.LineStrips2D(strips_2d, colors=strip_colours, radii=0.75),
+            recording=rec,
+        )
+    if step > 1:
+        result.shown.append(f"every {step}th frame ({result.frames_logged} of {record.num_frames})")
+    if result.images_logged:
+        result.shown.append(f"{result.images_logged} left rectified frames (JPEG) with projected tracks")
+    if result.depth_logged:
+        result.shown.append(f"{result.depth_logged} depth maps (1/{options.depth_downsample} resolution, mm)")
+    elif depth is None:
+        result.missing.append("depth: no dense depth for this clip")
+    rr.log(
+        "notes",
+        rr.TextDocument(_notes_markdown(record, result, metadata), media_type="text/markdown"),
+        static=True,
+        recording=rec,
+    )
+    return result
+
+
+def write_recording(
+    clip: str,
+    out: str,
+    videos: str = "",
+    rectified: str = "",
+    dense: str = "",
+    options: ViewOptions = ViewOptions(),
+) -> ViewResult:
+    """Write the Rerun recording of the clip npz at `clip` (any URI) to `out` (.rrd, any URI).
+
+    Frames come from `dense` outputs when they exist, else `rectified`, else `videos`; each
+    missing piece is logged as a warning and listed in `ViewResult.missing` and the `notes`.
+    """
+    import rerun as rr
+
+    record = read_clip(clip)
+    result = ViewResult("", record.name, 0, 0, record.num_tracks)
+    result.shown.append(f"npz {clip}")
+    depth = None
+    dense_left = ""
+    frames_iter = None
+    if dense:
+        found = find_dense_outputs(dense, record.name)
+        if not found:
+            result.missing.append(f"dense: no dense outputs for {record.name} under {dense}")
+        if "npz" in found:
+            arrays = _load_dense_npz(found["npz"])
+            depth = arrays.get("depth")
+            left = arrays.get("left", arrays.get("rgb"))
+            if left is not None:
+                frames_iter = iter(left)
+                result.shown.append(f"frames from dense outputs {found['npz']}")
+        dense_left = found.get("left", "") if frames_iter is None else ""
+    if frames_iter is None:
+        try:
+            source, frames_iter = _frames_source(
+                record, videos, rectified, dense_left, result.missing
+            )
+        except Exception as error:  # unreadable video: still show cameras and tracks
+            source, frames_iter = "", None
+            result.missing.append(f"frames: {error}")
+        if source:
+            result.shown.append(f"frames from {source}")
+
+    rec = rr.RecordingStream(APPLICATION_ID, recording_id=record.name)
+    local = fs.is_local(out)
+    target = out if local else tempfile.mkstemp(suffix=".rrd")[1]
+    if local:
+        parent = os.path.dirname(os.path.abspath(target))
+        os.makedirs(parent, exist_ok=True)
+    rec.save(target, default_blueprint=_blueprint())
+    try:
+        log_clip(rec, record, options, frames_iter, depth, result)
+    finally:
+        rec.flush()
+        rec.disconnect()
+    if not local:
+        with open(target, "rb") as f:
+            fs.write_bytes(out, f.read())
+        os.unlink(target)
+    result.path = out
+    for item in result.missing:
+        log.warning("clip %s: %s", record.name, item)
+    return result

@@ -5,8 +5,11 @@
         python jobs/process_clips.py --npz gs://stereo4d/train --videos gs://my-bucket/raw \
         --output gs://my-bucket/stereo4d-out --backend neural
 
-Writes OUTPUT/npz/<clip_id>.npz, OUTPUT/parquet/*.parquet, OUTPUT/failures/*.parquet and
-OUTPUT/summary.json. Re-running with the same output skips complete clips.
+Writes OUTPUT/npz/<clip_id>.npz, OUTPUT/parquet/*.parquet, OUTPUT/failures/failures-all.parquet
+and OUTPUT/summary.json. Re-running with the same output skips complete clips.
+
+Your own VR180 videos: leave out --npz; every <video_id>.mp4 under --videos is split into
+clips, its rig calibrated (OUTPUT/calibration/) and each clip posed (OUTPUT/ownvideo/) first.
 """
 
 from __future__ import annotations

@@ -135,7 +135,81 @@ def _add_tracksto4d_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
 
 
+def _view(args: argparse.Namespace) -> int:
+    from s4d_ray.viz.rerun_view import ViewOptions, open_viewer, write_recording
+
+    options = ViewOptions(
+        max_tracks=args.max_tracks, frame_step=args.frame_step, trail=args.trail, colour=args.colour
+    )
+    result = write_recording(
+        args.clip, args.out, args.videos, args.rectified, args.dense, options=options
+    )
+    print(
+        f"{result.path}: {result.frames_logged} frames, {result.tracks_shown} of "
+        f"{result.tracks_total} tracks, {result.images_logged} images, {result.depth_logged} depth maps"
+    )
+    for item in result.missing:
+        print(f"missing: {item}")
+    if args.web or args.serve:
+        return open_viewer(args.out, web=args.web, serve=args.serve, port=args.port)
+    print(f"open it with: rerun {args.out}")
+    return 0
+
+
+def _poses(args: argparse.Namespace) -> int:
+    import json
+
+    from s4d_ray.io import fs
+    from s4d_ray.ownvideo.qa import format_table, pose_qa
+
+    uris = fs.list_files(args.npz, ".npz")
+    if not uris:
+        raise FileNotFoundError(f"no .npz files under {args.npz!r}")
+    rows = pose_qa(uris[: args.limit] if args.limit else uris, args.videos)
+    print(format_table(rows))
+    if args.out:
+        with fs.open_atomic(args.out, "w") as f:
+            f.write(json.dumps(rows, indent=1))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from s4d_ray.viz.report import write_report
+
+    print(write_report(args.output, ground_truth=args.ground_truth))
+    return 0
+
+
+def _export_pointmaps(args: argparse.Namespace) -> int:
+    from s4d_ray.pointmaps.command import run
+
+    return run(args)
+
+
+def _eval_pointmaps(args: argparse.Namespace) -> int:
+    import json
+
+    from s4d_ray.pointmaps.evaluate import evaluate_pointmaps, write_json
+    from s4d_ray.pointmaps.reader import SampleError
+
+    try:
+        result = evaluate_pointmaps(args.pred, args.ref)
+    except SampleError as error:
+        print(f"s4d eval-pointmaps: error: {error}", file=sys.stderr)
+        return 2
+    write_json(result, args.out)
+    print(
+        json.dumps(
+            {"samples": result["samples"], "mean": result["mean"], "json": args.out}, indent=2
+        )
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from s4d_ray.argtypes import float_range, int_range
+    from s4d_ray.dynadust3r import MAX_INPUT_SIZE
+
     parser = argparse.ArgumentParser(
         prog="s4d", description="Stereo VR180 video to metric 4D training data (Stereo4D)."
     )
@@ -146,12 +220,23 @@ def build_parser() -> argparse.ArgumentParser:
         "synth", help="render synthetic VR180 clips with ground truth (Stereo4D dataset layout)"
     )
     synth.add_argument("--out", required=True, help="output folder or URI (raw/, npz/, gt/)")
-    synth.add_argument("--clips", type=int, default=2, help="number of clips (one video each)")
-    synth.add_argument("--frames", type=int, default=24, help="frames per clip")
-    synth.add_argument("--height", type=int, default=512, help="equirect height per eye, px")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--tracks", type=int, default=1500, help="ground-truth tracks per clip")
-    synth.add_argument("--objects", type=int, default=4, help="moving objects per scene")
+    synth.add_argument(
+        "--clips", type=int_range(1, 100_000), default=2, help="number of clips (one video each)"
+    )
+    synth.add_argument("--frames", type=int_range(1, 10_000), default=24, help="frames per clip")
+    synth.add_argument(
+        "--height",
+        type=int_range(16, 4096, multiple_of=2),
+        default=512,
+        help="equirect height per eye, px (even: H.264 4:2:0)",
+    )
+    synth.add_argument("--seed", type=int_range(0), default=0)
+    synth.add_argument(
+        "--tracks", type=int_range(1, 1_000_000), default=1500, help="ground-truth tracks per clip"
+    )
+    synth.add_argument(
+        "--objects", type=int_range(0, 1000), default=4, help="moving objects per scene"
+    )
     synth.set_defaults(func=_synth)
 
     rectify = sub.add_parser(
@@ -161,7 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     rectify.add_argument("--npz_folder", default="stereo4d_dataset/npz")
     rectify.add_argument("--raw_video_folder", default="stereo4d_dataset/raw")
     rectify.add_argument("--output_folder", default="stereo4d_dataset/processed")
-    rectify.add_argument("--output_hfov", type=float, default=60.0, help="degrees")
+    rectify.add_argument(
+        "--output_hfov",
+        type=float_range(0, 180, low_open=True, high_open=True),
+        default=60.0,
+        help="degrees, in (0, 180)",
+    )
     rectify.set_defaults(func=_rectify)
 
     from s4d_ray.engine.command import add_arguments
@@ -172,6 +262,36 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(run)
     run.set_defaults(func=_run)
 
+    view = sub.add_parser(
+        "view", help="a Rerun 4D recording (.rrd) of one clip: cameras, tracks, frames, depth"
+    )
+    view.add_argument("clip", help="release-format npz of the clip (ours or the release; any URI)")
+    view.add_argument("--out", required=True, help="the .rrd to write (any URI)")
+    view.add_argument("--videos", default="", help="folder of raw VR180 <video_id>.mp4")
+    view.add_argument("--rectified", default="", help="folder of <clip_id>-left_rectified.mp4")
+    view.add_argument(
+        "--dense",
+        default="",
+        help="engine output root with dense/<clip_id>/ (default: beside the npz)",
+    )
+    view.add_argument("--max-tracks", type=int, default=3000, help="subsample to N tracks (0: all)")
+    view.add_argument("--frame-step", type=int, default=1, help="log every k-th frame")
+    view.add_argument("--trail", type=int, default=10, help="frames of history per track")
+    view.add_argument("--colour", choices=("depth", "motion"), default="depth")
+    view.add_argument("--web", action="store_true", help="then open it in Rerun's web viewer")
+    view.add_argument(
+        "--serve", action="store_true", help="then serve the web viewer with it (headless)"
+    )
+    view.add_argument("--port", type=int, default=9090, help="web viewer port (--web, --serve)")
+    view.set_defaults(func=_view)
+
+    report = sub.add_parser("report", help="rebuild OUTPUT/report.html from a run's outputs")
+    report.add_argument("output", help="the job's output folder (any URI)")
+    report.add_argument(
+        "--ground-truth", default="", help="synthetic data folder (with gt/) for accuracy"
+    )
+    report.set_defaults(func=_report)
+
     predict = sub.add_parser(
         "predict", help="DynaDUSt3R on one frame pair: pointmaps + 3D motion (npz) and a PNG"
     )
@@ -179,10 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
     source = predict.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", nargs=2, metavar=("A", "B"), help="two image files")
     source.add_argument("--video", help="a video; frames --pair I J")
-    predict.add_argument("--pair", nargs=2, type=int, default=(0, 10), metavar=("I", "J"))
-    predict.add_argument("--time", type=float, default=0.5, help="query time in [0, 1]")
+    predict.add_argument("--pair", nargs=2, type=int_range(0), default=(0, 10), metavar=("I", "J"))
+    predict.add_argument(
+        "--time", type=float_range(0.0, 1.0), default=0.5, help="query time in [0, 1]"
+    )
     predict.add_argument("--out", required=True, help="output folder (any URI)")
-    predict.add_argument("--size", type=int, default=512, help="long side of the model input")
+    predict.add_argument(
+        "--size",
+        type=int_range(16, MAX_INPUT_SIZE),
+        default=512,
+        help=f"long side of the model input, px (at most {MAX_INPUT_SIZE})",
+    )
     predict.add_argument("--device", default="auto")
     predict.set_defaults(func=_predict)
 
@@ -193,15 +320,33 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--npz", required=True, help="folder or glob of release npz")
     evaluate.add_argument("--videos", default="", help="folder of raw VR180 <video_id>.mp4")
     evaluate.add_argument("--rectified", default="", help="folder of <clip_id>-left_rectified.mp4")
-    evaluate.add_argument("--limit", type=int, default=None, help="at most N clips")
+    evaluate.add_argument("--limit", type=int_range(1), default=None, help="at most N clips")
     evaluate.add_argument("--align-scale", action="store_true", help="per-pair LSQ scale")
-    evaluate.add_argument("--image-size", type=int, default=512)
-    evaluate.add_argument("--pairs-per-clip", type=int, default=16)
-    evaluate.add_argument("--min-tracks", type=int, default=256)
+    evaluate.add_argument("--image-size", type=int_range(16, MAX_INPUT_SIZE), default=512)
+    evaluate.add_argument("--pairs-per-clip", type=int_range(1, 10_000), default=16)
+    evaluate.add_argument("--min-tracks", type=int_range(0), default=256)
     evaluate.add_argument("--seed", type=int, default=1, help="pair sampling (training uses 0)")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--out", default="dynadust3r_eval.json", help="JSON result (any URI)")
     evaluate.set_defaults(func=_eval_dynadust3r)
+
+    export = sub.add_parser(
+        "export-pointmaps",
+        help="engine outputs (run with --dense) -> 4D pointmap windows as WebDataset shards (Ray Data)",
+    )
+    from s4d_ray.pointmaps.command import add_arguments as add_export_arguments
+
+    add_export_arguments(export)
+    export.set_defaults(func=_export_pointmaps)
+
+    eval_pm = sub.add_parser(
+        "eval-pointmaps",
+        help="Abs Rel, delta<1.25, ATE/RPE of predicted pointmaps vs exported windows",
+    )
+    eval_pm.add_argument("--pred", required=True, help="shards with <key>.pointmaps.npy [T,H,W,3]")
+    eval_pm.add_argument("--ref", required=True, help="export-pointmaps output (or its shards)")
+    eval_pm.add_argument("--out", default="pointmaps_eval.json", help="JSON result (any URI)")
+    eval_pm.set_defaults(func=_eval_pointmaps)
 
     t4d = sub.add_parser(
         "tracksto4d", help="TracksTo4D on clips' 2D tracks: cameras, 3D points, movement"
@@ -216,6 +361,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracksto4d_arguments(t4d_eval)
     t4d_eval.add_argument("--out", default=None, help="JSON result (any URI)")
     t4d_eval.set_defaults(func=_eval_tracksto4d)
+
+    poses = sub.add_parser(
+        "poses",
+        help="pose QA: re-estimate release clips' camera poses from their videos and report "
+        "agreement (ATE SE(3)/Sim(3), scale, rotation) per clip",
+    )
+    poses.add_argument("--npz", required=True, help="folder or glob of release npz (any URI)")
+    poses.add_argument("--videos", required=True, help="folder of raw VR180 <video_id>.mp4")
+    poses.add_argument("--limit", type=int_range(1, None), default=None, help="at most N clips")
+    poses.add_argument("--out", default="", help="JSON rows (any URI)")
+    poses.set_defaults(func=_poses)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -76,3 +77,33 @@ def synth_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     synth_dataset(str(out), SynthConfig(clips=4, frames=12, height=512, seed=7, tracks=600))
     return out
+
+
+def stop_ray_cluster(token: str) -> None:
+    """End one local test cluster: every process whose environment holds its auth token (a
+    token per cluster, inherited by its raylets, GCS and workers), and their children.
+    Never `ray stop`, which ends every Ray cluster on the machine, a developer's included."""
+    import signal
+
+    import psutil
+
+    mine = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}
+    targets: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid in mine:
+            continue
+        try:
+            if proc.environ().get("RAY_AUTH_TOKEN") == token:
+                targets[proc.pid] = proc
+                for child in proc.children(recursive=True):
+                    targets.setdefault(child.pid, child)
+        except psutil.Error:
+            continue
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for proc in targets.values():
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(sig)
+        _, alive = psutil.wait_procs(list(targets.values()), timeout=15)
+        if not alive:
+            return
+        targets = {p.pid: p for p in alive}

@@ -37,7 +37,7 @@ def make_record(num_tracks: int = 5, num_frames: int = 7, seed: int = 0) -> Clip
 
 
 def release_loader(raw: bytes) -> dict:
-    """The Stereo4D release loader logic (DESIGN.md §1), written independently of ours."""
+    """The Stereo4D release loader logic (dense NaN tracks, inverted extrinsics), written independently of ours."""
     with np.load(io.BytesIO(raw)) as z:
         data = {k: z[k] for k in z.files}
     lengths = data["track_lengths"]

@@ -17,7 +17,8 @@ from s4d_ray.engine.clip_stages import (
 )
 from s4d_ray.engine.config import PipelineConfig
 from s4d_ray.engine.pipeline import run_in_process
-from s4d_ray.engine.stage_list import STAGE
+from s4d_ray.engine.stage_list import STAGE, STAGES
+from s4d_ray.io.clip_io import read_clip
 
 DECODE, STEREO, LIFT = STAGE["decode"], STAGE["stereo"], STAGE["lift"]
 
@@ -57,7 +58,7 @@ def test_too_few_tracks_is_an_error():
         "tracks_2d": np.full((num_tracks, num_frames, 2), 4.0, np.float32),
         "visible": np.ones((num_tracks, num_frames), bool),
         "query_frame": np.zeros(num_tracks, np.int64),
-        "point_labels": np.zeros((num_tracks, 0), np.uint8),
+        "point_classes": np.zeros((num_tracks, 0), np.uint8),
     }
     row = run_stage(row, LIFT, lambda r: lift_and_filter(r, min_tracks=1))
     assert row["error_stage"] == "lift" and row["error_type"] == TooFewTracksError.__name__
@@ -82,7 +83,11 @@ def test_whole_pipeline_in_process(synth_dir, tmp_path):
     (summary,) = run_in_process(rows, PipelineConfig(), str(tmp_path))
     assert summary["status"] == "done", summary
     assert summary["num_tracks"] >= 16 and summary["num_frames"] == 12
-    assert (tmp_path / "npz" / f"{rows[0]['clip_id']}.npz").exists()
+    assert set(json.loads(summary["timings"])) == {spec.name for spec in STAGES}
+    record = read_clip(str(tmp_path / "npz" / f"{rows[0]['clip_id']}.npz"))
+    assert record.num_tracks == summary["num_tracks"]
+    assert (record.track_lengths > 0).all()  # tracks the optimiser's mask empties are not written
+    assert json.loads(str(record.extras["metadata"]))["tracks_dropped_empty_after_mask"] >= 0
     assert len(list((tmp_path / "parquet").glob("*.parquet"))) == 1
 
 
@@ -99,6 +104,25 @@ def test_already_rectified_inputs(synth_dir, tmp_path):
     assert rows[0]["left_uri"].endswith(f"{clip_id}/{clip_id}-left_rectified.mp4")
     (summary,) = run_in_process(rows, PipelineConfig(), str(tmp_path / "out"))
     assert summary["status"] == "done", summary
+
+
+def test_rectified_inputs_of_another_size_fail_naming_clip_and_stage(synth_dir, tmp_path):
+    """`--rectified` videos must be the 512x512, 60° crops: a 96x64 pair is a clear failure."""
+    from s4d_ray.engine.clip_stages import decode_and_rectify
+    from s4d_ray.errors import StageError
+    from s4d_ray.io.video import write_video
+
+    clip_id = sorted(p.stem for p in (synth_dir / "npz").glob("*.npz"))[0]
+    npz = tmp_path / "npz"
+    npz.mkdir()
+    shutil.copy(synth_dir / "npz" / f"{clip_id}.npz", npz)
+    frames = [np.full((64, 96, 3), 100, np.uint8)] * 12
+    for eye in ("left", "right"):
+        write_video(str(tmp_path / "rect" / f"{clip_id}-{eye}_rectified.mp4"), frames)
+    rows, _ = input_rows(str(npz), rectified=str(tmp_path / "rect"))
+    with pytest.raises(StageError, match="96x64, expected 512x512") as raised:
+        decode_and_rectify(rows[0])
+    assert raised.value.clip_id == clip_id and raised.value.stage == "decode"
 
 
 def test_no_npz_is_an_error_not_an_empty_job(tmp_path):

@@ -32,13 +32,22 @@ BAD_CONFIGS = [
     ("models:\n  tracking: {query_stride: 0}\n", "models.tracking.query_stride"),
     ("models:\n  tracking: {query_stride: eight}\n", "models.tracking.query_stride"),
     ("models:\n  tracking: {precision: bf16}\n", "models.tracking.precision"),
-    ("models:\n  tracking: {weights_uri: a.pt}\n", "models.tracking.weights_uri"),  # cpu: no weights
+    (
+        "models:\n  tracking: {weights_uri: a.pt}\n",
+        "models.tracking.weights_uri",
+    ),  # cpu: no weights
     ("models:\n  stereo: {batch_size: 4}\n", "models.stereo.batch_size"),  # not an SGBM option
     ("models:\n  stereo: {block_size: 0}\n", "models.stereo.block_size"),
     ("models:\n  segmentation: 3\n", "models.segmentation"),
     ("backend: neural\nmodels:\n  stereo: {batch_size: 0}\n", "models.stereo.batch_size"),
-    ("backend: neural\nmodels:\n  segmentation: {input_siz: 65}\n", "models.segmentation.input_siz"),
-    ("backend: neural\nmodels:\n  stereo: {num_disparities: 64}\n", "models.stereo.num_disparities"),
+    (
+        "backend: neural\nmodels:\n  segmentation: {input_siz: 65}\n",
+        "models.segmentation.input_siz",
+    ),
+    (
+        "backend: neural\nmodels:\n  stereo: {num_disparities: 64}\n",
+        "models.stereo.num_disparities",
+    ),
     ("optimizer: {clips_per_batch: 0}\n", "optimizer.clips_per_batch"),
     ("optimizer: {num_steps: -1}\n", "optimizer.num_steps"),
     ("optimizer: {step: 3}\n", "optimizer.step"),
@@ -92,6 +101,16 @@ def test_good_configs_pass_and_overrides_are_checked(tmp_path):
     assert config_from_dict({"min_tracks": 0, "models": None}).min_tracks == 0
     with pytest.raises(ConfigError, match="max_failure_fraction"):
         load_config(None, max_failure_fraction=2.0)
+
+
+def test_sea_raft_config_keys_are_checked():
+    """`models.stereo.config` holds official SEA-RAFT config keys (checked by the model's own
+    reader, which imports torch: only when the key is given)."""
+    with pytest.raises(ConfigError) as raised:
+        config_from_dict({"backend": "neural", "models": {"stereo": {"config": {"iterz": 2}}}})
+    assert raised.value.key == "models.stereo.config" and "iterz" in str(raised.value)
+    with pytest.raises(ConfigError, match="models.stereo.config"):
+        config_from_dict({"backend": "neural", "models": {"stereo": {"config": [2]}}})
 
 
 def test_bad_config_in_process_exits_2_without_ray(tmp_path, capsys):

@@ -3,6 +3,7 @@ and the segmentation stage. Frozen graphs are built in the release format from r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tarfile
 from pathlib import Path
@@ -17,7 +18,6 @@ from tensorboard.compat.proto import tensor_pb2, types_pb2
 from s4d_ray.models import deeplab
 from s4d_ray.models.weights import CheckpointError
 from s4d_ray.stages import segmentation
-from s4d_ray.track import drift_filter
 from tests import deeplab_graph_builder as builder
 
 FIXTURE = Path(__file__).parent / "fixtures" / "deeplab_xception65_ade20k_keys.json"
@@ -217,13 +217,11 @@ def test_segment_frames_matches_the_manual_pipeline(loaded_model):
         deeplab.segment_frames(loaded_model, frames.astype(np.float32))
 
 
-def test_label_constants_match_ade20k_and_the_drift_filter():
-    assert len(segmentation.LABEL_NAMES) == 151
+def test_label_names_cover_the_model_classes():
+    """The model's class ids index LABEL_NAMES (0 = background); the drift filter's ids are
+    checked against the reference in test_drift_filter."""
+    assert deeplab.NUM_CLASSES == len(segmentation.LABEL_NAMES) == 151
     assert segmentation.LABEL_NAMES[0] == "background"
-    assert segmentation.STATIC_LABELS == (1, 2, 7, 12, 14)
-    assert segmentation.SKY_LABELS == (3,)
-    assert set(segmentation.STATIC_LABELS) == set(drift_filter.STATIC_LABELS)
-    assert segmentation.SKY_LABELS == drift_filter.SKY_LABELS
 
 
 def test_cpu_segmenter_is_disabled_and_says_so():
@@ -231,7 +229,9 @@ def test_cpu_segmenter_is_disabled_and_says_so():
     frames = np.zeros((2, 8, 8, 3), np.uint8)
     assert segmenter.enabled is False
     assert segmenter.segment(frames) is None
-    assert segmenter.metadata() == {"segmentation": "disabled (cpu backend): drift filter off"}
+    provenance = segmenter.provenance()
+    assert provenance["backend"] == "cpu" and provenance["model"] is None
+    assert "drift filter off" in provenance["note"] and provenance["weights_uri"] is None
     with pytest.raises(ValueError, match="backend"):
         segmentation.Segmenter(backend="gpu")
     with pytest.raises(ValueError, match="cpu backend"):
@@ -246,9 +246,12 @@ def test_neural_segmenter_labels_frames(converted_checkpoint, loaded_model):
     frames = np.random.default_rng(2).integers(0, 256, (2, 24, 40, 3), dtype=np.uint8)
     labels = segmenter.segment(frames)
     assert np.array_equal(labels, deeplab.segment_frames(loaded_model, frames, input_size=49))
-    metadata = segmenter.metadata()
-    assert metadata["segmentation"] == "deeplabv3plus_xception65_ade20k"
-    assert metadata["segmentation_output_stride"] == "8"
+    provenance = segmenter.provenance()
+    assert provenance["model"] == "deeplabv3plus_xception65_ade20k"
+    assert provenance["config"]["output_stride"] == 8 and provenance["config"]["input_size"] == 49
+    assert provenance["weights_uri"] == str(converted_checkpoint)
+    digest = hashlib.sha256(converted_checkpoint.read_bytes()).hexdigest()
+    assert provenance["weights_sha256"] == digest and provenance["precision"] == "fp32"
     with pytest.raises(ValueError, match="precision"):
         segmentation.Segmenter(
             backend="neural", weights_uri=str(converted_checkpoint), precision="int8"

@@ -3,15 +3,21 @@
 import numpy as np
 import pytest
 
-from s4d_ray.track.ade20k import label_id
-from s4d_ray.track.drift_filter import STATIC_LABELS, drift_filter, sample_labels
+from s4d_ray.track.ade20k import LABEL_NAMES
+from s4d_ray.track.drift_filter import STATIC_LABELS, filter_point_labels, sample_labels
 
 ADE20K_WALL, ADE20K_BUILDING, ADE20K_SKY, ADE20K_ROAD, ADE20K_SIDEWALK, ADE20K_EARTH = (
-    label_id(name) for name in ("wall", "building", "sky", "road", "sidewalk", "earth")
+    LABEL_NAMES.index(name) for name in ("wall", "building", "sky", "road", "sidewalk", "earth")
 )
 
 T, H, W = 4, 16, 16
 PERSON = 13
+
+
+def drift_filter(tracks_2d, visible, labels, motion):
+    """The engine's path: labels sampled at the track points (segmentation stage), then
+    filtered with the motion (lift stage)."""
+    return filter_point_labels(sample_labels(labels, tracks_2d), visible, motion)
 
 
 def test_static_and_sky_label_ids_match_ade20k():

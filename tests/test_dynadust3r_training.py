@@ -34,7 +34,7 @@ from s4d_ray.dynadust3r.train import (
 )
 from s4d_ray.geometry.camera import intrinsics, invert_poses, rotation_matrix
 from s4d_ray.geometry.rectify import rectify_to_files
-from s4d_ray.io.clip_io import read_clip
+from s4d_ray.io.clip_io import read_clip, write_clip
 from s4d_ray.models.dynadust3r import load_dust3r
 
 torch.set_num_threads(2)
@@ -51,6 +51,28 @@ def samples(synth_dir) -> list[dict]:
     )
     assert counts.samples == len(out) == 24 and counts.clips_static == 0
     return out
+
+
+def test_a_corrupt_clip_is_skipped_and_counted(synth_dir, tmp_path) -> None:
+    """Training and evaluation read samples through `iter_samples`: a bad clip (unreadable
+    npz, video missing) is skipped and counted; the good clip's samples still come."""
+    import shutil
+
+    good = sorted((synth_dir / "npz").glob("*.npz"))[0]
+    npz = tmp_path / "npz"
+    npz.mkdir()
+    shutil.copy(good, npz)
+    (npz / "brokenvid00_100000.npz").write_bytes(b"not a zip file")
+    record = read_clip(str(good))
+    record.video_id, record.name = "missingvid0", f"missingvid0_{record.timestamps[0]}"
+    write_clip(record, str(npz / f"{record.name}.npz"))
+    counts = FilterCounts()
+    config = SampleConfig(image_size=SIZE, pairs_per_clip=2, min_tracks=16)
+    out = list(iter_samples(str(npz), str(synth_dir / "raw"), config=config, counts=counts))
+    assert len(out) == counts.samples == 2 and {s["clip_id"] for s in out} == {good.stem}
+    assert counts.clips_failed == 2
+    assert set(counts.failures) == {"brokenvid00_100000", record.name}
+    assert "missingvid0" in counts.failures[record.name]
 
 
 def test_triplets_respect_gap_and_query_range() -> None:

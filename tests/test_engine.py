@@ -7,6 +7,7 @@ killed job resubmitted, a killed model actor, and a `gs://` run against the GCS 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -26,7 +27,8 @@ import pytest
 
 from s4d_ray.io import fs
 from s4d_ray.io.clip_io import read_clip, write_clip
-from tests.conftest import free_port
+from s4d_ray.viz.report import read_report_data
+from tests.conftest import free_port, stop_ray_cluster
 from tests.tiny_models import TINY_SEA_RAFT_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +70,7 @@ def ray_head():
         "dashboard_url": f"http://127.0.0.1:{ports['dashboard']}",
         "env": env,
     }
-    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+    stop_ray_cluster(env["RAY_AUTH_TOKEN"])
     shutil.rmtree(temp_dir, ignore_errors=True)
     for key, value in previous.items():
         if value is None:
@@ -126,9 +128,15 @@ def submit(
     if submission_id:
         command += ["--submission-id", submission_id]
     command += ["--", "python", "jobs/process_clips.py", *job_args]
-    return subprocess.run(
-        command, cwd=REPO, env=ray_head["env"], capture_output=True, text=True, timeout=timeout
-    )
+    deadline = time.time() + 420  # a head that has just started may lack its job agent
+    while True:
+        result = subprocess.run(
+            command, cwd=REPO, env=ray_head["env"], capture_output=True, text=True, timeout=timeout
+        )
+        not_ready = ("No available agent to submit job", "Failed to connect to Ray at address")
+        if not any(text in result.stderr for text in not_ready) or time.time() > deadline:
+            return result  # (nothing was submitted when either message is seen)
+        time.sleep(3.0)
 
 
 def parquet_names(output: Path) -> list[str]:
@@ -177,6 +185,14 @@ def test_job_submit_outputs_failures_metrics_and_resume(ray_head, engine_inputs,
     assert all(f["error_type"] and f["message"] for f in failures)
     summary = json.loads((output / "summary.json").read_text())
     assert summary["clips_done"] == len(good) and summary["clips_failed"] == len(bad)
+
+    # the run report: its figures are the run's numbers (summary.json, shards, failures)
+    report = read_report_data((output / "report.html").read_text())
+    assert report["summary"] == {k: v for k, v in summary.items() if k != "config"}
+    assert report["clips_done_total"] == len(good) and report["clips_failed_total"] == len(bad)
+    assert report["failures_by_stage"] == summary["failures_by_stage"]
+    assert sorted(c["name"] for c in report["clips"]) == good
+    assert all(0 < c["valid_depth_fraction"] <= 1 for c in report["clips"])
     assert set(summary["stage_seconds_per_clip"]) >= {
         "decode",
         "stereo",
@@ -201,10 +217,22 @@ def test_job_submit_outputs_failures_metrics_and_resume(ray_head, engine_inputs,
             f"{name} not seen on the metrics endpoint: {sorted(watcher.seen)}"
         )
 
-    # outputs load as release data
+    # outputs load as release data, and say which backend and model made each stage
+    rows = {r["name"]: r for r in pq.read_table(output / "parquet").to_pylist()}
     for clip_id in good:
         record = read_clip(str(output / "npz" / f"{clip_id}.npz"))
         assert record.num_tracks >= 16 and np.isfinite(record.track_coordinates).all()
+        models = json.loads(str(record.extras["metadata"]))["models"]
+        assert json.loads(rows[clip_id]["metadata"])["models"] == models
+        assert {stage: m["backend"] for stage, m in models.items()} == dict.fromkeys(
+            ("stereo", "tracking", "segmentation"), "cpu"
+        )
+        assert models["stereo"]["model"] == "opencv-sgbm-3way"
+        assert models["stereo"]["config"]["num_disparities"] == 128
+        assert models["tracking"]["model"] == "opencv-lucas-kanade"
+        assert models["tracking"]["config"]["query_stride"] == 8
+        assert models["segmentation"]["model"] is None
+        assert all(m["weights_uri"] is None and m["precision"] == "fp32" for m in models.values())
 
     # resume: nothing is redone, nothing duplicated
     mtimes = {p: p.stat().st_mtime_ns for p in (output / "npz").glob("*.npz")}
@@ -440,6 +468,126 @@ def test_neural_backend_end_to_end_with_tiny_random_models(ray_head, synth_dir, 
     assert summary.clips_done == 1, summary.failures_by_stage
     record = read_clip(str(tmp_path / "out" / "npz" / f"{clip_id}.npz"))
     metadata = json.loads(str(record.extras["metadata"]))
-    assert metadata["segmentation"].startswith("deeplabv3plus") and metadata["drift_filter"] == "on"
+    assert metadata["drift_filter"] == "on"
+    # provenance: backend, model, config, weights (URI, sha256) and precision of each stage
+    models = metadata["models"]
+    checkpoints = {
+        "stereo": ("sea-raft", tmp_path / "model.safetensors"),
+        "tracking": ("bootstap-tapir", tmp_path / "bootstapir_checkpoint_v2.pt"),
+        "segmentation": ("deeplabv3plus_xception65_ade20k", tmp_path / "deeplab.safetensors"),
+    }
+    for stage, (model, path) in checkpoints.items():
+        assert models[stage]["backend"] == "neural" and models[stage]["model"] == model
+        assert models[stage]["weights_uri"] == str(path)
+        assert models[stage]["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert models[stage]["precision"] == "fp32"
+    assert models["stereo"]["config"]["iters"] == tiny_raft["iters"]
+    assert models["tracking"]["config"]["resolution"] == 64
+    assert models["segmentation"]["config"]["output_stride"] == 16
+    (row,) = pq.read_table(tmp_path / "out" / "parquet").to_pylist()
+    assert json.loads(row["metadata"])["models"] == models
     timings = json.loads(str(record.extras["stage_timings"]))
     assert {"stereo", "tracking", "segmentation", "lift", "optimize"} <= set(timings)
+
+
+def kill_mid_write(uri: str) -> None:
+    """A writer SIGKILLed in the middle of an atomic write (`fs.open_atomic`, as every npz and
+    Parquet write of the engine): whatever it leaves behind stays."""
+    code = (
+        "import time\nfrom s4d_ray.io import fs\n"
+        f"with fs.open_atomic({uri!r}) as f:\n"
+        "    f.write(b'PAR1' + bytes(4096)); f.flush()\n"
+        "    print('writing', flush=True); time.sleep(600)\n"
+    )
+    writer = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    assert writer.stdout.readline().strip() == "writing"
+    writer.send_signal(signal.SIGKILL)
+    assert writer.wait(30) == -signal.SIGKILL
+
+
+def test_killed_writers_never_block_a_resume_and_one_run_per_output(
+    ray_head, engine_inputs, tmp_path
+):
+    """Issue 10, high: writers SIGKILLed mid-write left their temp files (this version's and
+    the old `.tmp-….parquet` / `.tmp-….npz` names, 0 bytes); the resumed job still succeeds,
+    removes them and writes each clip once. While it runs, a second run into the same output
+    is refused (exit 2, the holder named) instead of writing a second row for a clip. A bad
+    shard is named in the error."""
+    root, good, _ = engine_inputs
+    npz = tmp_path / "npz"
+    npz.mkdir()
+    shutil.copy(root / "npz" / f"{good[0]}.npz", npz)
+    output = tmp_path / "out"
+    for sub in ("npz", "parquet", "failures"):
+        (output / sub).mkdir(parents=True)
+    kill_mid_write(str(output / "parquet" / "shard-0123456789abcdef.parquet"))
+    kill_mid_write(str(output / "npz" / f"{good[0]}.npz"))
+    legacy = [
+        output / "parquet" / ".tmp-k1ll3dshard-0123456789abcdef.parquet",
+        output / "npz" / f".tmp-k1ll3d{good[0]}.npz",
+        output / "failures" / ".tmp-k1ll3dfailures-all.parquet",
+    ]
+    for path in legacy:
+        path.write_bytes(b"")
+    killed = [p.name for p in output.rglob(".tmp-*") if "k1ll3d" not in p.name]
+    assert len(killed) == 2 and all(name.endswith(".partial") for name in killed)
+
+    args = ("--npz", str(npz), "--videos", str(root / "raw"), "--output", str(output))
+    job_id = f"s4d-lease-{os.getpid()}-{time.time_ns()}"
+    started = submit(ray_head, *args, wait=False, submission_id=job_id)
+    assert started.returncode == 0, started.stderr
+    deadline = time.time() + 120
+    while time.time() < deadline and not (output / ".s4d-lease.json").exists():
+        time.sleep(0.2)
+    assert (output / ".s4d-lease.json").exists(), "the first run never took the lease"
+    second = submit(ray_head, *args)
+    assert second.returncode != 0
+    assert "in use by another run" in second.stdout + second.stderr
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(ray_head["dashboard_url"])
+    deadline = time.time() + 300
+    while time.time() < deadline and not client.get_job_status(job_id).is_terminal():
+        time.sleep(1.0)
+    status = client.get_job_status(job_id)
+    logs = client.get_job_logs(job_id)
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    assert parquet_names(output) == [good[0]]  # exactly once
+    assert [p.stem for p in (output / "npz").glob("*.npz")] == [good[0]]
+    assert read_clip(str(output / "npz" / f"{good[0]}.npz")).num_tracks >= 16
+    assert not list(output.rglob(".tmp-*")), "stale temp files were not cleaned up"
+    assert not (output / ".s4d-lease.json").exists()
+
+    # a corrupt shard (not a temp file: damage from outside) is named in the error
+    from s4d_ray.engine.pipeline import completed_clip_ids
+
+    (output / "parquet" / "shard-ffffffffffffffff.parquet").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"shard-ffffffffffffffff\.parquet"):
+        completed_clip_ids(str(output))
+
+
+def test_gpu_stage_on_a_gpu_less_cluster_fails_at_once(ray_head, synth_dir, tmp_path):
+    """`num_gpus: 1` on a cluster without GPUs used to wait forever for an actor; the driver
+    now fails right after connecting, naming the key, before any dataset is built."""
+    import ray
+
+    from s4d_ray.engine.config import config_from_dict
+    from s4d_ray.engine.pipeline import run_pipeline
+    from s4d_ray.engine.preflight import ClusterResourcesError
+
+    config = config_from_dict({"stages": {"tracking": {"num_gpus": 1}}})
+    ray.init(address=ray_head["address"])
+    try:
+        start = time.time()
+        with pytest.raises(ClusterResourcesError, match=r"stages.tracking.num_gpus' = 1.*0 GPU"):
+            run_pipeline(
+                str(synth_dir / "npz"), str(tmp_path / "out"), config, videos=str(synth_dir / "raw")
+            )
+        assert time.time() - start < 30
+    finally:
+        ray.shutdown()
+    assert not list((tmp_path / "out" / "npz").iterdir())  # nothing was computed
+    assert not (tmp_path / "out" / ".s4d-lease.json").exists()  # the lease was released

@@ -59,7 +59,7 @@ def test_config_defaults_overrides_and_errors(tmp_path):
     assert load_config(str(json_path)).clips_per_shard == 3
     with pytest.raises(ValueError, match="clip_per_shard.*unknown key"):
         config_from_dict({"clip_per_shard": 3})
-    with pytest.raises(ValueError, match="stages.stero.*no such stage"):
+    with pytest.raises(ValueError, match="stages.stero.*unknown stage"):
         config_from_dict({"stages": {"stero": {"num_gpus": 1}}})
     with pytest.raises(ValueError, match="backend"):
         config_from_dict({"backend": "tpu"})

@@ -5,18 +5,39 @@ import math
 import numpy as np
 import pytest
 
-from s4d_ray.geometry.camera import intrinsics
+from s4d_ray.geometry.camera import intrinsics, project_points
 from s4d_ray.track.lift import (
+    MIN_PROJECTION_DEPTH_M,
     camera_centers,
     lift_tracks,
     motion_displacement,
-    project,
     query_colours,
     unproject,
 )
 
 H = W = 64
 HFOV = 60.0
+
+
+def project(
+    points: np.ndarray, world2camera: np.ndarray, width: int, height: int, hfov_deg: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels [N,T,2] px and in-view [N,T] of world points [N,T,3], frame t seen by
+    world2camera[t], frame by frame with `project_points`: in view as the reference's
+    `world_2_pix_np` (0.5 <= x < W-0.5, 0.5 <= y < H-0.5, depth > 1 cm). An independent
+    check of the jitted projection inside `motion_displacement`."""
+    k = intrinsics(width, height, hfov_deg)
+    xy = np.empty((*points.shape[:2], 2))
+    in_view = np.empty(points.shape[:2], bool)
+    for t in range(points.shape[1]):
+        xy[:, t], z = project_points(points[:, t], world2camera[t], k)
+        x, y = xy[:, t, 0], xy[:, t, 1]
+        with np.errstate(invalid="ignore"):
+            in_view[:, t] = (
+                (x >= 0.5) & (y >= 0.5) & (x < width - 0.5) & (y < height - 0.5)
+                & (z > MIN_PROJECTION_DEPTH_M)
+            )  # fmt: skip
+    return xy, in_view
 
 
 def rotation(axis_angle: np.ndarray) -> np.ndarray:
@@ -53,6 +74,31 @@ def test_unprojection_follows_the_reference_pixel_convention():
     points = unproject(xy.reshape(2, 1, 2), np.full((2, 1), 2.0), cam, W, H, HFOV)
     np.testing.assert_allclose(points[0, 0], [0, 0, 2], atol=1e-12)
     np.testing.assert_allclose(points[1, 0], [-2 * math.tan(math.radians(30)), 0, 2], atol=1e-12)
+
+
+def test_lift_then_project_round_trips_on_a_non_square_frame():
+    """Lifting and projecting share one pinhole (square pixels, focal from the hfov and the
+    width): on a 96x48 frame a lifted track projects back onto itself."""
+    rng = np.random.default_rng(3)
+    width, height, num_frames = 96, 48, 3
+    cams = moving_cameras(num_frames)
+    depth = rng.uniform(2.0, 10.0, (num_frames, height, width))
+    tracks = np.stack(
+        [
+            rng.uniform(4.0, width - 4.0, (20, num_frames)),
+            rng.uniform(4.0, height - 4.0, (20, num_frames)),
+        ],
+        axis=-1,
+    )
+    points, valid = lift_tracks(tracks, np.ones((20, num_frames), bool), depth, cams, HFOV)
+    assert valid.all()
+    xy, in_view = project(points, cams, width, height, HFOV)
+    assert in_view.all()
+    np.testing.assert_allclose(xy, tracks, atol=1e-9)
+    # the vertical focal is the horizontal one: a ray at the top edge is hfov·H/W off axis
+    top = unproject(np.array([[[width / 2, 0.0]]]), np.ones((1, 1)), cams[:1], width, height, HFOV)
+    camera_point = cams[0, :, :3] @ top[0, 0] + cams[0, :, 3]
+    assert camera_point[1] == pytest.approx(-math.tan(math.radians(HFOV / 2)) * height / width)
 
 
 def test_lift_then_project_recovers_tracks_and_depth():

@@ -1,4 +1,4 @@
-"""Stage 6 track optimiser: fast loss vs a plain O(T^2) loss, vs the reference transcription,
+"""The track optimiser (optimize stage): fast loss vs a plain O(T^2) loss, vs the reference transcription,
 padding invariance, batched clips, and ground-truth improvement on a synthetic scene."""
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from s4d_ray.track.optimize import (
     motion_weights,
     optimize_clips,
     optimize_tracks,
+    track_gradients,
     track_losses,
+    track_spans,
 )
 
 SETTINGS = OptimizerSettings()
@@ -236,6 +238,76 @@ def test_bucketing_and_chunking_do_not_change_results():
     difference = np.abs(padded_points - default_points)[default_mask]
     assert difference.max() < 1e-4
     assert np.median(difference) == 0
+
+
+@pytest.mark.parametrize("num_frames", [32, 4])
+def test_hand_written_gradient_equals_autodiff(num_frames):
+    """`track_gradients` (what Adam steps on) = jax.grad of the summed `track_losses`, with
+    padded frames, masked-out frames, short tracks and steps longer than the clip."""
+    rng = np.random.default_rng(11)
+    num_tracks = 48
+    centers = np.cumsum(rng.normal(0, 0.05, (num_frames, 3)), axis=0)
+    points = rng.uniform([-2, -1, 2], [2, 1, 6], (num_tracks, 1, 3)) + rng.normal(
+        0, 0.05, (num_tracks, num_frames, 3)
+    )
+    length = rng.integers(1, num_frames + 1, num_tracks)
+    real = np.arange(num_frames)[None, :] < length[:, None]
+    mask = (rng.random((num_tracks, num_frames)) > 0.2) & real
+    held = np.minimum(np.arange(num_frames)[None, :], (length - 1)[:, None])
+    rows = np.arange(num_tracks)[:, None]
+    points = np.where(mask[..., None], points, 0.0)[rows, held]
+    inputs = loss_inputs(
+        jnp.asarray(points, jnp.float32),
+        jnp.asarray(np.broadcast_to(centers[held], points.shape), jnp.float32),
+        jnp.asarray(mask[rows, held]),
+        jnp.asarray(real),
+        jnp.asarray(length - 1, jnp.int32),
+        jnp.asarray(rng.uniform(0, 1, num_tracks), jnp.float32),
+    )
+    settings = OptimizerSettings()
+    offsets = jnp.asarray(rng.normal(0, 0.3, (num_tracks, num_frames)), jnp.float32)
+    expected = jax.grad(lambda o: jnp.sum(track_losses(o, inputs, settings)))(offsets)
+    ours = track_gradients(offsets, inputs, settings)
+    scale = float(jnp.abs(expected).max())
+    assert scale > 0
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(expected), atol=2e-5 * scale)
+
+
+def test_track_spans():
+    mask = np.array(
+        [
+            [0, 0, 1, 1, 0, 1, 0, 0],  # inside: one masked-out frame added on each side
+            [1, 1, 0, 0, 0, 0, 0, 1],  # touches both clip ends: the whole clip
+            [0, 0, 0, 0, 0, 0, 0, 0],  # never seen: nothing to optimise
+            [0, 0, 0, 0, 0, 0, 1, 1],  # ends at the clip end: no frame after it
+        ],
+        bool,
+    )
+    start, length = track_spans(mask)
+    assert start.tolist() == [1, 0, 0, 5] and length.tolist() == [6, 8, 0, 3]
+
+
+def test_cropping_tracks_to_their_spans_does_not_change_results():
+    """Partly seen tracks (starting/ending mid-clip, at the clip ends, with gaps, moving
+    ones weighted to the dynamic loss) give the same points cropped as padded to the clip."""
+    rng = np.random.default_rng(8)
+    points, visible, centers, motion = _random_clip(rng, 120, 70)
+    first = rng.integers(0, 50, 120)
+    length = rng.integers(3, 71, 120)
+    frames = np.arange(70)
+    visible &= (frames >= first[:, None]) & (frames < (first + length)[:, None])
+    visible[:10] |= frames < 8  # some tracks start at the first frame
+    visible[10:20] |= frames > 60  # some end at the last
+    points[:40] += np.linspace(0, 1.5, 70)[None, :, None] * rng.normal(0, 1, (40, 1, 3))
+    motion[:40] = 60.0
+    clip = (points, visible, centers, motion)
+    ((cropped, mask_c),) = optimize_clips([clip], crop_spans=True)
+    ((padded, mask_p),) = optimize_clips([clip], crop_spans=False)
+    np.testing.assert_array_equal(mask_c, mask_p)
+    np.testing.assert_array_equal(np.isnan(cropped), np.isnan(padded))
+    assert (track_spans(mask_c)[1] < 70).mean() > 0.5  # most tracks were cropped
+    difference = np.abs(cropped - padded)[mask_c]
+    assert difference.max() < 1e-4 and np.median(difference) < 1e-6
 
 
 def test_optimize_clips_equals_per_clip_calls():

@@ -132,3 +132,13 @@ def test_bad_inputs_are_rejected() -> None:
     still = np.tile(np.eye(4)[:3], (5, 1, 1))
     with pytest.raises(ValueError, match="does not move"):
         ate_sim3(still, still)
+
+
+def test_rotation_error_on_a_straight_trajectory_uses_the_orientations() -> None:
+    gt = trajectory()
+    gt[:, :, 3] = np.linspace(0, 1, len(gt))[:, None] * np.array([0.0, 0.0, 1.0])  # a line
+    est = transform(gt, Rotation.from_rotvec([0.0, 0.0, 0.3]).as_matrix(), np.zeros(3), 1.0)
+    assert ate_se3(est, gt).rotation_deg < 1e-6  # a turn about the line is not an error
+    bent = np.array(est)  # one of 40 frames turned by 1°: best common rotation 1°/40
+    bent[7, :, :3] = Rotation.from_rotvec([np.radians(1.0), 0, 0]).as_matrix() @ bent[7, :, :3]
+    assert ate_se3(bent, gt).rotation_deg == pytest.approx(1.0 * 78 / 1600, rel=0.02)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from s4d_ray.track.queries import prune_queries, query_frames, query_grid, track_with_pruning
+from s4d_ray.track.queries import _farther_than, query_frames, query_grid, track_with_pruning
+
+
+def prune_queries(candidates, kept_tracks, kept_visible, frame_index, radius=1.0):
+    """keep [Q] bool as `track_with_pruning` decides it: candidates farther than `radius` from
+    every kept track visible at `frame_index` (its own test of `_farther_than`)."""
+    return _farther_than(candidates, kept_tracks[kept_visible[:, frame_index], frame_index], radius)
 
 
 def reference_style_grid(

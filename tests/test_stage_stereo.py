@@ -1,6 +1,9 @@
-"""Stage 2 stereo flow: SGBM on rendered fronto-parallel planes, SEA-RAFT plumbing, half-res."""
+"""The stereo stage: SGBM on rendered fronto-parallel planes, SEA-RAFT plumbing, half-res."""
 
 from __future__ import annotations
+
+import hashlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,7 +14,6 @@ from safetensors.torch import save_model
 from s4d_ray.models.sea_raft import SEARAFT
 from s4d_ray.stages.stereo import (
     StereoMatcher,
-    disparity,
     half_resolution_flow,
     sea_raft_batch_size,
 )
@@ -167,7 +169,13 @@ def test_neural_backend_directions_and_batching(tiny_weights):
     flow_fwd, flow_bwd = matcher(left, right)
     assert flow_fwd.shape == flow_bwd.shape == (3, 64, 96, 2)
     assert flow_fwd.dtype == np.float32 and np.isfinite(flow_fwd).all()
-    assert "sea-raft" in matcher.version
+    provenance = matcher.provenance()
+    assert provenance["backend"] == "neural" and provenance["model"] == "sea-raft"
+    assert provenance["config"]["iters"] == TINY.iters and provenance["precision"] == "fp32"
+    assert provenance["weights_uri"] == tiny_weights
+    assert (
+        provenance["weights_sha256"] == hashlib.sha256(Path(tiny_weights).read_bytes()).hexdigest()
+    )
 
     # fwd is the network's left->right answer on the half-resolution pair, bwd right->left.
     model = matcher.backend.model
@@ -184,9 +192,8 @@ def test_neural_backend_directions_and_batching(tiny_weights):
     np.testing.assert_allclose(flow_bwd[1], direct_bwd.numpy(), atol=1e-4)
 
     # Swapping the eyes swaps the directions; batch size does not change the answer.
-    swapped_fwd, swapped_bwd = disparity(
-        right, left, backend="neural", weights_uri=tiny_weights, config=TINY, batch_size=1
-    )
+    one_pair = StereoMatcher("neural", weights_uri=tiny_weights, config=TINY, batch_size=1)
+    swapped_fwd, swapped_bwd = one_pair(right, left)
     np.testing.assert_allclose(swapped_fwd, flow_bwd, atol=1e-4)
     np.testing.assert_allclose(swapped_bwd, flow_fwd, atol=1e-4)
 
@@ -208,6 +215,18 @@ def test_batch_size_for_memory():
     assert sea_raft_batch_size(1 << 20, 512, 512) == 1
 
 
+def test_cpu_stages_name_their_model_and_settings():
+    """`provenance()`, the one interface of the stage classes that outputs record."""
+    from s4d_ray.stages.tracking import Tracker
+
+    stereo = StereoMatcher("cpu", num_disparities=32).provenance()
+    assert stereo["backend"] == "cpu" and stereo["model"] == "opencv-sgbm-3way"
+    assert stereo["config"]["num_disparities"] == 32 and stereo["weights_uri"] is None
+    tracking = Tracker("cpu", query_stride=6).provenance()
+    assert tracking["model"] == "opencv-lucas-kanade" and tracking["config"]["query_stride"] == 6
+    assert tracking["precision"] == "fp32" and tracking["library"].startswith("opencv")
+
+
 def test_bad_arguments():
     left = np.zeros((1, 32, 48, 3), np.uint8)
     with pytest.raises(ValueError, match="backend must be one of"):
@@ -215,6 +234,6 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="multiple of 16"):
         StereoMatcher("cpu", num_disparities=40)
     with pytest.raises(ValueError, match="right must match left"):
-        disparity(left, left[:, :, :40])
+        StereoMatcher("cpu")(left, left[:, :, :40])
     with pytest.raises(ValueError, match="uint8"):
-        disparity(left.astype(np.float32), left)
+        StereoMatcher("cpu")(left.astype(np.float32), left)

@@ -1,7 +1,9 @@
-"""Stage 3 tracking on synthetic clips with known motion: Lucas-Kanade accuracy, visibility,
+"""The tracking stage on synthetic clips with known motion: Lucas-Kanade accuracy, visibility,
 query pruning, and the TAPIR backend against direct model calls."""
 
 from __future__ import annotations
+
+import hashlib
 
 import cv2
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 import torch
 
 from s4d_ray.stages.tracking import TapirBackend, Tracker, Tracks2D, tapir_query_chunk_size
-from s4d_ray.track.queries import prune_queries, query_grid, track_with_pruning
+from s4d_ray.track.queries import _farther_than, query_grid, track_with_pruning
 
 SIZE = 96
 FRAMES = 21
@@ -222,7 +224,7 @@ def test_neural_backend_matches_direct_model_calls(one_torch_thread) -> None:
         return out["tracks"][0].numpy() / scale, visible
 
     first_tracks, first_visible = direct(0, queries[0])
-    keep = prune_queries(queries[1], first_tracks, first_visible, 10)
+    keep = _farther_than(queries[1], first_tracks[first_visible[:, 10], 10], 1.0)
     second_tracks, second_visible = direct(10, queries[1][keep])
     assert np.array_equal(result.query_frame, np.repeat([0, 10], [len(queries[0]), keep.sum()]))
     np.testing.assert_allclose(
@@ -255,3 +257,8 @@ def test_neural_tracker_loads_an_official_format_checkpoint(tmp_path, one_torch_
     assert tracks.shape == (16, 2, 2) and visible.shape == (16, 2)
     assert np.array_equal(query_frame, np.zeros(16, np.int64))
     assert np.isfinite(tracks).all()
+    provenance = tracker.provenance()
+    assert provenance["model"] == "bootstap-tapir" and provenance["backend"] == "neural"
+    assert provenance["config"]["resolution"] == 32 and provenance["config"]["query_stride"] == 8
+    assert provenance["weights_uri"] == str(checkpoint)
+    assert provenance["weights_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()

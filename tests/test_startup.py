@@ -8,6 +8,7 @@ import uuid
 import numpy as np
 import pytest
 
+from s4d_ray.engine import pipeline
 from s4d_ray.engine.clip_stages import input_rows
 from s4d_ray.engine.pipeline import clip_ids_in_shards, completed_clip_ids, plan_run
 from s4d_ray.geometry.rectify import RectifiedVideoIndex, find_rectified_videos
@@ -55,12 +56,15 @@ def root(request, tmp_path):
             filesystem.rm(path, recursive=True)
 
 
-def test_completed_clips_are_npz_and_shard_rows(root):
-    """Complete = npz written AND row in some shard; several shards of several clips each."""
+def test_completed_clips_are_npz_and_shard_rows(root, monkeypatch):
+    """Complete = npz written AND row in some shard; several shards of several clips each,
+    read two shards per dataset (the chunking of large outputs)."""
+    monkeypatch.setattr(pipeline, "SHARDS_PER_READ", 2)
     output = fs.join(root, "out")
     ids = [f"vid{i // 3}_{1000 * i}" for i in range(7)]
     write_batch([tiny_record(c) for c in ids[:3]], [], output)
-    write_batch([tiny_record(c) for c in ids[3:6]], [], output)
+    write_batch([tiny_record(c) for c in ids[3:5]], [], output)
+    write_batch([tiny_record(ids[5])], [], output)
     # a clip whose shard never got written (killed between npz and shard): not complete
     filesystem, npz_folder = fs.filesystem(fs.join(output, "npz"))
     touch(filesystem, f"{npz_folder}/{ids[6]}.npz")

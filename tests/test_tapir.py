@@ -14,6 +14,7 @@ from s4d_ray.models.tapir import (
     TAPIR,
     _sample_frames,
     _sample_patches,
+    _window_correlation,
     default_refinement_resolutions,
     load_bootstap,
     visible_from_logits,
@@ -125,6 +126,37 @@ def test_cached_grids_match_plain_forward(small_model, small_run):
         torch.testing.assert_close(one_chunk[key], out[key], rtol=1e-5, atol=1e-4)
         stitched = torch.cat([p[key] for p in pieces], dim=1)
         torch.testing.assert_close(stitched, out[key], rtol=1e-5, atol=1e-4)
+
+
+def test_window_correlation_equals_sampled_patches_dotted():
+    """The fused correlation = bilinear 7x7 patches (zero outside the grid) dotted with the
+    features, including windows that hang over every border and non-square grids."""
+    gen = torch.Generator().manual_seed(3)
+    grid = torch.randn(2, 3, 5, 7, 16, generator=gen)
+    coords = torch.rand(2, 4, 3, 2, generator=gen) * torch.tensor([9.0, 11.0]) - 2.0
+    feats = torch.randn(2, 4, 3, 16, generator=gen)
+    r = 3
+    offsets = torch.stack(
+        torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing="ij"), -1
+    ).reshape(-1, 2)
+    patches = _sample_patches(grid, coords[..., None, :] + offsets.float())
+    expected = torch.einsum("bntsc,bntc->bnts", patches, feats)
+    torch.testing.assert_close(_window_correlation(grid, coords, feats), expected)
+
+
+@pytest.mark.parametrize("chunk", [2, 64])
+def test_fused_refinement_matches_the_plain_one(small_model, chunk):
+    """Fused correlations + channels-last mixer convs vs the plain path: <= 1e-4 relative."""
+    video, queries = _video_and_queries(t=4, hw=64, n=6, seed=1)
+    queries[0, 0, 1:] = torch.tensor([0.2, 63.7])  # windows over the image border
+    with torch.no_grad():
+        grids = small_model.get_feature_grids(video)
+        fused = small_model.set_fused_refinement(True).track_with_grids(grids, queries, chunk)
+        plain = small_model.set_fused_refinement(False).track_with_grids(grids, queries, chunk)
+    small_model.set_fused_refinement(True)
+    for key in ("tracks", "occlusion", "expected_dist"):
+        scale = plain[key].abs().max()
+        assert (fused[key] - plain[key]).abs().max() <= 1e-4 * scale, key
 
 
 def test_sampling_reads_cell_centres_on_non_square_grids():

@@ -34,9 +34,11 @@ import numpy as np
 from s4d_ray.geometry.camera import RECTIFIED_HFOV_DEG, intrinsics
 from s4d_ray.geometry.rectify import find_rectified_videos, iter_rectified
 from s4d_ray.io import fs
-from s4d_ray.io.clip_io import ClipRecord, read_clip
+from s4d_ray.io.clip_io import ClipRecord, npz_stem, read_clip
+from s4d_ray.io.dense import dense_file, output_root_of_npz, read_dense
 from s4d_ray.io.ids import validate_video_id
 from s4d_ray.io.video import decode_first_frames
+from s4d_ray.tracksto4d.data import moving_tracks
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +75,19 @@ class FilterCounts:
     """What the filters kept and dropped, summed over clips."""
 
     clips_seen: int = 0
+    clips_failed: int = 0
+    """Clips that could not be read (corrupt npz or video, missing frames): skipped."""
     clips_static: int = 0
     clips_too_short: int = 0
     pairs_drawn: int = 0
     pairs_few_tracks: int = 0
     samples: int = 0
     per_clip: dict[str, int] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    """Skipped clip id → `ErrorType: message`."""
 
     def as_dict(self) -> dict[str, int]:
-        return {k: v for k, v in self.__dict__.items() if k != "per_clip"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("per_clip", "failures")}
 
 
 def draw_triplets(
@@ -103,9 +109,7 @@ def moving_fraction(tracks: np.ndarray, threshold_m: float) -> float:
     """Fraction of tracks [N,T,3] (world m, NaN = unseen) whose seen positions span > threshold."""
     if tracks.shape[0] == 0:
         return 0.0
-    lo, hi = np.fmin.reduce(tracks, axis=1), np.fmax.reduce(tracks, axis=1)  # NaN-skipping
-    extent = np.linalg.norm(np.nan_to_num(hi - lo), axis=-1)
-    return float(np.mean(extent > threshold_m))
+    return float(np.mean(moving_tracks(tracks, threshold_m)))
 
 
 def to_camera(points_world: np.ndarray, world2camera: np.ndarray) -> np.ndarray:
@@ -227,11 +231,21 @@ def select_triplets(
 
 
 def read_left_frames(
-    record: ClipRecord, videos_uri: str = "", rectified_uri: str = ""
+    record: ClipRecord, videos_uri: str = "", rectified_uri: str = "", dense_root: str = ""
 ) -> np.ndarray:
-    """Left rectified frames [T,S,S,3] uint8: rectified from `<videos>/<video_id>.mp4`, or the
-    first T frames of `<rectified>/<clip_id>-left_rectified.mp4` (also `<rectified>/<clip_id>/…`).
+    """Left rectified frames [T,S,S,3] uint8: the engine's dense outputs when `dense_root` (an
+    engine output run with `--dense`) has them for this clip — no re-rectification — else
+    rectified from `<videos>/<video_id>.mp4`, or the first T frames of
+    `<rectified>/<clip_id>-left_rectified.mp4` (also `<rectified>/<clip_id>/…`).
     """
+    if dense_root and fs.exists(dense_file(dense_root, record.name, "left.mp4")):
+        frames = read_dense(dense_root, record.name, ("left",))["left"]
+        if len(frames) < record.num_frames:
+            raise ValueError(
+                f"clip {record.name!r}: dense left.mp4 has {len(frames)} frames, "
+                f"the clip {record.num_frames}"
+            )
+        return frames[: record.num_frames]
     if videos_uri:
         video = fs.join(videos_uri, f"{validate_video_id(record.video_id)}.mp4")
         return np.stack([left for left, _ in iter_rectified(record, video)])
@@ -248,24 +262,47 @@ def clip_samples(
     config: SampleConfig = SampleConfig(),
     counts: FilterCounts | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Samples of one clip (the `build_sample` dict plus `clip_id`), after the filters."""
+    """Samples of one clip (the `build_sample` dict plus `clip_id`), after the filters.
+
+    A clip that cannot be read (corrupt npz or video, frames missing) yields nothing: it is
+    counted in `counts.clips_failed` / `counts.failures` and logged, and the caller's training
+    or evaluation goes on, as the engine does with a bad clip. All samples of a clip are built
+    before the first is yielded, so a clip counts entirely or not at all.
+    """
     counts = counts if counts is not None else FilterCounts()
-    record = read_clip(npz_uri)
-    tracks = record.dense_tracks()
-    triplets = select_triplets(tracks, record.name, config, counts)
-    counts.per_clip[record.name] = len(triplets)
-    if not len(triplets):
+    clip_id = npz_stem(npz_uri)
+    try:
+        record = read_clip(npz_uri, extras=())  # release members only: extras never inflated
+        clip_id = record.name
+        tracks = record.dense_tracks()
+        triplets = select_triplets(tracks, record.name, config, counts)
+        counts.per_clip[record.name] = len(triplets)
+        if not len(triplets):
+            return
+        frames = read_left_frames(record, videos_uri, rectified_uri, output_root_of_npz(npz_uri))
+        world2camera = record.world2camera()
+        samples = []
+        for triplet in triplets:
+            i, j, _ = triplet
+            sample = build_sample(
+                frames[i],
+                frames[j],
+                tracks,
+                world2camera,
+                triplet,
+                config.image_size,
+                config.hfov_deg,
+            )
+            sample["clip_id"] = record.name
+            samples.append(sample)
+    except Exception as error:  # one bad clip must not stop training or evaluation
+        counts.clips_failed += 1
+        counts.failures[clip_id] = f"{type(error).__name__}: {str(error)[:500]}"
+        counts.per_clip[clip_id] = 0
+        log.warning("dynadust3r samples: clip %r skipped: %s", clip_id, counts.failures[clip_id])
         return
-    frames = read_left_frames(record, videos_uri, rectified_uri)
-    world2camera = record.world2camera()
-    for triplet in triplets:
-        i, j, _ = triplet
-        sample = build_sample(
-            frames[i], frames[j], tracks, world2camera, triplet, config.image_size, config.hfov_deg
-        )
-        sample["clip_id"] = record.name
-        counts.samples += 1
-        yield sample
+    counts.samples += len(samples)
+    yield from samples
 
 
 def iter_samples(
@@ -300,11 +337,8 @@ def read_samples(
 ):
     """A `ray.data.Dataset` of samples (flat numpy columns, one row per pair), one read task per
     clip, streamed. Drop `clip_id` (a string) before `iter_torch_batches`: see TRAIN_COLUMNS."""
-    import ray.data
+    from s4d_ray.train_loop import clip_dataset
 
-    uris = fs.list_files(npz_uri, ".npz")[:limit]
-    if not uris:
-        raise FileNotFoundError(f"no .npz clips under {npz_uri!r}")
-    items = [{"npz_uri": u, "videos_uri": videos_uri, "rectified_uri": rectified_uri} for u in uris]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    return ds.flat_map(functools.partial(_clip_rows, config=config), num_cpus=num_cpus)
+    extra = {"videos_uri": videos_uri, "rectified_uri": rectified_uri}
+    rows_of = functools.partial(_clip_rows, config=config)
+    return clip_dataset(npz_uri, limit, rows_of, extra, num_cpus)

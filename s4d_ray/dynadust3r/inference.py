@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from s4d_ray.dynadust3r import MAX_INPUT_SIZE
 from s4d_ray.io import fs
 from s4d_ray.models.device import autocast, pick_device
 from s4d_ray.models.dynadust3r import DynaDUSt3R, load_dust3r
@@ -133,6 +134,8 @@ def predict_to_files(
     """Predict one pair and write OUT/prediction.npz (no pickle) and OUT/prediction.png."""
     if not 0.0 <= query_time <= 1.0:
         raise ValueError(f"query time must be in [0, 1], got {query_time}")
+    if not 16 <= size <= MAX_INPUT_SIZE:  # checked before any allocation
+        raise ValueError(f"input size must be in [16, {MAX_INPUT_SIZE}] px, got {size}")
     model = load_dust3r(checkpoint).to(torch.device(pick_device(device)))
     patch = model.config.patch_size
     first, second = prepare_image(image1, size, patch), prepare_image(image2, size, patch)

@@ -14,8 +14,10 @@ Columns (shapes per clip; T frames, S = 512, N tracks):
     fov_bounds [4]                                         (decode)
     left, right uint8 [T,S,S,3]                            (decode)
     depth float32 [T,S,S] m, 0 = invalid                   (stereo; drops right)
-    tracks_2d float32 [N,T,2] px; visible bool [N,T]; query_frame int64 [N]      (tracking)
-    point_labels uint8 [N,T] ADE20K at each track point, [N,0] when disabled      (segmentation)
+    label_classes uint8 [2,T,S,S/8] sky/static bit planes, [0,0,0,0] when disabled (segmentation)
+    tracks_2d float32 [N,T,2] px; visible bool [N,T]; query_frame int64 [N];
+    point_classes uint8 [N,T] sky (1) / static (2) bits per track point, [N,0] when disabled
+                                                           (tracking; drops label_classes)
     points float32 [N,T,3] m; valid bool [N,T]; motion float32 [N,T] px; colours uint8 [N,3]
                                                            (lift; drops frames, depth, labels)
     points_opt float32 [N,T,3] m (NaN outside mask); mask bool [N,T]              (optimize)
@@ -29,20 +31,32 @@ import traceback
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from s4d_ray.geometry.camera import RECTIFIED_HFOV_DEG, invert_poses
+from s4d_ray.errors import StageError
+from s4d_ray.geometry.camera import RECTIFIED_HFOV_DEG, RECTIFIED_SIZE, invert_poses
 from s4d_ray.geometry.rectify import RectifiedVideoIndex, rectify_clip
 from s4d_ray.io import fs
-from s4d_ray.io.clip_io import npz_stem, read_clip
+from s4d_ray.io.clip_io import MAX_NPZ_BYTES, npz_stem, read_clip
+from s4d_ray.io.dense import camera_json, depth_shape, encode_depth, encode_frames, write_dense
 from s4d_ray.io.ids import validate_clip_id, validate_video_id
 from s4d_ray.io.video import decode_first_frames
 from s4d_ray.io.writer import build_clip_record, write_clip_npz, write_parquet_shard
 from s4d_ray.track.depth import depth_from_flow
-from s4d_ray.track.drift_filter import filter_point_labels, sample_labels
+from s4d_ray.track.drift_filter import (
+    filter_point_classes,
+    pack_label_classes,
+    sample_point_classes,
+    sky_at,
+)
 from s4d_ray.track.lift import camera_centers, lift_tracks, motion_displacement, query_colours
+
+if TYPE_CHECKING:
+    from s4d_ray.stages.segmentation import Segmenter
+    from s4d_ray.stages.stereo import StereoMatcher
+    from s4d_ray.stages.tracking import Tracker
 
 Row = dict[str, Any]
 
@@ -75,6 +89,13 @@ RECORD_COLUMNS = {
 }
 """Release-record columns the decode stage adds (dtype, ndim)."""
 
+DENSE_FRAMES = {"dense_left": ("bytes", 0), "dense_right": ("bytes", 0)}
+"""With `--dense`: the decode stage's rectified frames encoded as mp4 (`io.dense`), empty
+otherwise. Encoded where the frames are made, so a dense run carries ~5 kB per frame to the
+writer instead of 1.5 MB of raw stereo frames, and a run without `--dense` carries nothing."""
+DENSE_DEPTH = {"dense_depth": ("bytes", 0)}
+"""With `--dense`: the stereo depth encoded by the lift stage (its last user), empty otherwise."""
+
 
 def clip_spec(
     clip_id: str, npz_uri: str, videos_root: str = "", rectified: tuple[str, str] = ("", "")
@@ -102,6 +123,8 @@ def failed(row: Row) -> bool:
 def _placeholder(dtype: str, ndim: int) -> Any:
     if dtype == "str":
         return ""
+    if dtype == "bytes":
+        return b""
     return np.zeros((0,) * ndim, dtype=dtype)
 
 
@@ -109,6 +132,14 @@ def _update_json(row: Row, column: str, values: dict[str, Any]) -> None:
     merged = json.loads(row[column])
     merged.update(values)
     row[column] = json.dumps(merged, sort_keys=True)
+
+
+def record_model(row: Row, stage: str, model: Any) -> None:
+    """Put `model.provenance()` (backend, model, config, weights URI/bytes/sha256, precision)
+    under `models.<stage>` of the row's metadata JSON: it lands in the npz and Parquet row."""
+    metadata = json.loads(row["metadata"])
+    metadata.setdefault("models", {})[stage] = model.provenance()
+    row["metadata"] = json.dumps(metadata, sort_keys=True)
 
 
 def mark_failed(row: Row, stage: Stage, error: BaseException) -> Row:
@@ -170,10 +201,24 @@ def clip_seed(clip_id: str) -> int:
 # --- stage bodies ------------------------------------------------------------------------
 
 
-def decode_and_rectify(row: Row) -> Row:
-    """Read the release npz, then rectify the raw VR180 video (or decode rectified mp4s)."""
+def check_rectified_size(width: int, height: int, clip_id: str) -> None:
+    """Rectified input videos must be the reference's RECTIFIED_SIZE² crops: depth, lifting and
+    the outputs assume their RECTIFIED_HFOV_DEG camera, which no other size carries."""
+    if (width, height) != (RECTIFIED_SIZE, RECTIFIED_SIZE):
+        raise StageError(
+            clip_id,
+            "decode",
+            f"rectified video is {width}x{height}, expected {RECTIFIED_SIZE}x{RECTIFIED_SIZE} "
+            f"(the {RECTIFIED_HFOV_DEG:g}° crops `s4d rectify` writes)",
+        )
+
+
+def decode_and_rectify(row: Row, max_npz_bytes: int = MAX_NPZ_BYTES, dense: bool = False) -> Row:
+    """Read the release npz (its release members only, at most `max_npz_bytes`), then rectify
+    the raw VR180 video (or decode rectified mp4s). With `dense`, also the frames as mp4 bytes
+    (`dense_left`, `dense_right`; empty otherwise)."""
     clip_id = row["clip_id"]
-    record = read_clip(row["npz_uri"])
+    record = read_clip(row["npz_uri"], extras=(), max_bytes=max_npz_bytes)
     if record.name != clip_id:
         raise ValueError(f"clip {clip_id!r}: npz names itself {record.name!r}")
     if row["videos_root"]:
@@ -188,6 +233,7 @@ def decode_and_rectify(row: Row) -> Row:
             raise ValueError(
                 f"clip {clip_id!r}: rectified videos differ in shape: {left.shape} vs {right.shape}"
             )
+        check_rectified_size(left.shape[2], left.shape[1], clip_id)
     row.update(
         video_id=record.video_id,
         timestamps=record.timestamps.astype(np.int64),
@@ -196,56 +242,103 @@ def decode_and_rectify(row: Row) -> Row:
         fov_bounds=np.asarray(record.fov_bounds, np.float32),
         left=left,
         right=right,
+        dense_left=b"",
+        dense_right=b"",
     )
+    if dense:
+        start = time.perf_counter()
+        row.update(dense_left=encode_frames(left), dense_right=encode_frames(right))
+        _update_json(row, "metadata", {"dense_encode_s": round(time.perf_counter() - start, 4)})
     return row
 
 
-def stereo_depth(
-    row: Row, matcher: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
-) -> Row:
-    """Stage 2: stereo flow both ways → metric depth [T,S,S] (0 = invalid); flows not kept."""
+def stereo_depth(row: Row, matcher: StereoMatcher) -> Row:
+    """Stereo flow both ways → metric depth [T,S,S] (0 = invalid); flows not kept."""
     flow_fwd, flow_bwd = matcher(row["left"], row["right"])
     depth, _ = depth_from_flow(flow_fwd, flow_bwd, hfov_deg=RECTIFIED_HFOV_DEG)
     row["depth"] = depth
+    record_model(row, "stereo", matcher)
     return row
 
 
-def track_points(row: Row, tracker: Callable[..., Any]) -> Row:
-    """Stage 3: dense 2D tracks of the left view, query pruning applied before tracking."""
-    result = tracker(row["left"], seed=clip_seed(row["clip_id"]))
+def segment_classes(row: Row, segmenter: Segmenter) -> Row:
+    """ADE20K labels of every frame, shipped as the two bit planes the drift filter and the
+    tracker's query skipping read (`label_classes` [2,T,H,W/8] uint8: sky, static; [0,0,0,0]
+    when segmentation is disabled). The label maps themselves never leave the actor."""
+    labels = segmenter.segment(row["left"])
+    if labels is None:
+        row["label_classes"] = np.zeros((0, 0, 0, 0), np.uint8)
+    else:
+        row["label_classes"] = pack_label_classes(labels)
+    record_model(row, "segmentation", segmenter)
+    return row
+
+
+def track_points(row: Row, tracker: Tracker) -> Row:
+    """Dense 2D tracks of the left view, query pruning applied before tracking; queries on
+    sky at their query frame are not tracked (the drift filter drops every track on sky at a
+    visible frame) unless the tracker's `skip_sky_queries` is off. Adds `point_classes`
+    [N,T] (sky/static bits at each track point, [N,0] without segmentation) and the query
+    bookkeeping to the metadata."""
+    packed = row["label_classes"]
+    width = row["left"].shape[2]
+    skip_fn = None
+    if packed.size and getattr(tracker, "skip_sky_queries", False):
+
+        def skip_fn(frame_index: int, queries: np.ndarray) -> np.ndarray:
+            return sky_at(packed, frame_index, queries, width)
+
+    counts: dict[str, int] = {}
+    result = tracker(row["left"], seed=clip_seed(row["clip_id"]), skip_fn=skip_fn, counts=counts)
+    tracks_2d = np.asarray(result.tracks, np.float32)
     row.update(
-        tracks_2d=np.asarray(result.tracks, np.float32),
+        tracks_2d=tracks_2d,
         visible=np.asarray(result.visible, bool),
         query_frame=np.asarray(result.query_frame, np.int64),
+        point_classes=(
+            sample_point_classes(packed, tracks_2d, width)
+            if packed.size
+            else np.zeros((len(tracks_2d), 0), np.uint8)
+        ),
     )
+    _update_json(row, "metadata", {f"queries_{k}": v for k, v in counts.items()})
+    record_model(row, "tracking", tracker)
     return row
 
 
-def segment_points(row: Row, segmenter: Any) -> Row:
-    """Stage 4a: ADE20K labels sampled at the track points [N,T] ([N,0] when disabled)."""
-    labels = segmenter.segment(row["left"])
-    num_tracks = row["tracks_2d"].shape[0]
-    if labels is None:
-        row["point_labels"] = np.zeros((num_tracks, 0), np.uint8)
-    else:
-        row["point_labels"] = sample_labels(labels, row["tracks_2d"]).astype(np.uint8)
-    _update_json(row, "metadata", segmenter.metadata())
-    return row
-
-
-def lift_and_filter(row: Row, min_tracks: int = 1) -> Row:
-    """Stages 4b+5: lift to 3D, motion displacement, drift filter; keep surviving tracks."""
+def lift_and_filter(row: Row, min_tracks: int = 1, dense: bool = False) -> Row:
+    """The lift stage: lift to 3D, motion displacement, drift filter; keep surviving tracks.
+    With `dense`, also the depth maps encoded for the writer (`dense_depth`; empty otherwise)."""
     w2c = invert_poses(row["camera2world"])
     tracks_2d, visible = row["tracks_2d"], row["visible"]
     points, valid = lift_tracks(tracks_2d, visible, row["depth"], w2c, hfov_deg=RECTIFIED_HFOV_DEG)
-    motion = motion_displacement(points, valid, w2c, hfov_deg=RECTIFIED_HFOV_DEG)
     num_tracks = len(tracks_2d)
-    stats: dict[str, Any] = {"tracks_tracked": int(num_tracks)}
+    stats: dict[str, Any] = {
+        "tracks_tracked": int(num_tracks),
+        "valid_depth_fraction": round(float(np.mean(row["depth"] > 0)), 5),
+    }
     keep = valid.any(axis=1)
-    if row["point_labels"].shape[1]:
-        semantic_keep, reasons = filter_point_labels(row["point_labels"], visible, motion)
+    stats["tracks_dropped_no_depth"] = int((~keep).sum())  # no frame with valid depth
+    stats["tracks_after_depth"] = int(keep.sum())
+    # motion is per track: computed only for tracks that the other rules keep (exact)
+    classes = row["point_classes"]
+    if classes.shape[1]:
+        _, before_motion = filter_point_classes(classes, visible, np.zeros(visible.shape))
+        undecided = keep & ~before_motion["sky"]
+        stats["tracks_after_sky"] = int(undecided.sum())
+        undecided &= ~before_motion["boundary"]
+        stats["tracks_after_boundary"] = int(undecided.sum())
+    else:
+        undecided = keep
+    motion = np.zeros(visible.shape, np.float32)
+    motion[undecided] = motion_displacement(
+        points[undecided], valid[undecided], w2c, hfov_deg=RECTIFIED_HFOV_DEG
+    )
+    if classes.shape[1]:
+        semantic_keep, reasons = filter_point_classes(classes, visible, motion)
         keep &= semantic_keep
         stats.update({f"tracks_dropped_{k}": int(v.sum()) for k, v in reasons.items()})
+        stats["tracks_after_drift"] = int(keep.sum())
         stats["drift_filter"] = "on"
     else:
         stats["drift_filter"] = "off"
@@ -264,15 +357,26 @@ def lift_and_filter(row: Row, min_tracks: int = 1) -> Row:
         visible=visible[keep],
         motion=motion[keep].astype(np.float32),
         colours=query_colours(row["left"], query_points),
+        dense_depth=b"",
     )
+    if dense:
+        start = time.perf_counter()
+        row["dense_depth"] = encode_depth(row["depth"])
+        seconds = json.loads(row["metadata"]).get("dense_encode_s", 0.0)
+        seconds += time.perf_counter() - start  # decode's frames + lift's depth
+        _update_json(row, "metadata", {"dense_encode_s": round(seconds, 4)})
     _update_json(row, "metadata", stats)
     return row
+
+
+PER_TRACK_COLUMNS = ("visible", "motion", "colours")
+"""Columns indexed by track that travel from lift to write beside the optimiser's input."""
 
 
 def optimize_rows(
     rows: Sequence[Row], optimize_clips: Callable[..., list], stage: Stage
 ) -> list[Row]:
-    """Stage 6 for a batch of clips in one batched optimiser call (failed rows pass through).
+    """The optimize stage for a batch of clips in one batched optimiser call (failed rows pass through).
 
     If the batched call fails, clips are retried one by one so one bad clip fails alone.
     `stage` is the optimiser's entry of the stage list (its columns and name).
@@ -306,10 +410,25 @@ def optimize_rows(
             out.append(mark_failed(row, stage, result))
             continue
         points_opt, mask = result
-        row["points_opt"], row["mask"] = (
-            points_opt.astype(np.float32),
-            mask & np.isfinite(points_opt).all(-1),
-        )
+        mask = mask & np.isfinite(points_opt).all(-1)
+        # the optimiser's mask (visibility with gaps dilated) empties short tracks: a track
+        # with no point left is not data, so it is not written
+        kept = mask.any(axis=1)
+        if not kept.any():
+            out.append(
+                mark_failed(
+                    row,
+                    stage,
+                    TooFewTracksError(
+                        f"clip {row['clip_id']!r}: no track keeps a point under the optimiser's mask"
+                    ),
+                )
+            )
+            continue
+        for column in PER_TRACK_COLUMNS:
+            row[column] = row[column][kept]
+        row["points_opt"], row["mask"] = points_opt[kept].astype(np.float32), mask[kept]
+        _update_json(row, "metadata", {"tracks_dropped_empty_after_mask": int((~kept).sum())})
         for column in stage.consumes:
             row.pop(column, None)
         _update_json(row, "timings", {stage.name: round(seconds, 4)})
@@ -372,8 +491,20 @@ SUMMARY_COLUMNS = (
 )
 
 
+def track_counts(row: Row) -> dict[str, int]:
+    """The clip's query and track bookkeeping from its metadata: `queries_*` (candidates,
+    pruned, skipped, tracked, query_frames) and `tracks_*` (after each filter, dropped by
+    each rule, kept); integers only."""
+    metadata = json.loads(row.get("metadata") or "{}")
+    return {
+        k: v
+        for k, v in metadata.items()
+        if k.startswith(("queries_", "tracks_")) and isinstance(v, int)
+    }
+
+
 def write_rows(rows: Sequence[Row], output_root: str) -> list[Row]:
-    """Stage 7 for a batch: one npz per finished clip, then one Parquet shard for the batch.
+    """The write stage for a batch: one npz per finished clip, then one Parquet shard for the batch.
 
     Returns one small summary row per clip (done or failed); heavy arrays end here.
     """
@@ -381,9 +512,21 @@ def write_rows(rows: Sequence[Row], output_root: str) -> list[Row]:
     for row in rows:
         summary = {k: row.get(k, "") for k in SUMMARY_COLUMNS if k in row}
         summary.update(status="failed", num_frames=0, num_tracks=0)
+        summary["track_counts"] = json.dumps(track_counts(row), sort_keys=True)
         if not failed(row):
             start = time.perf_counter()
             try:
+                dense_files = None
+                if len(row.get("dense_depth", b"")):
+                    shape = depth_shape(row["dense_depth"], f"clip {row['clip_id']!r}")
+                    dense_files = write_dense(
+                        output_root,
+                        row["clip_id"],
+                        row["dense_left"],
+                        row["dense_right"],
+                        row["dense_depth"],
+                        camera_json(shape[0], shape[2]),
+                    )
                 record = build_clip_record(
                     name=row["clip_id"],
                     video_id=row["video_id"],
@@ -398,6 +541,7 @@ def write_rows(rows: Sequence[Row], output_root: str) -> list[Row]:
                     motion=row["motion"],
                     stage_timings=json.loads(row["timings"]),
                     metadata=json.loads(row["metadata"]),
+                    dense_files=dense_files,
                 )
                 write_clip_npz(record, output_root)
                 _update_json(row, "timings", {"write": round(time.perf_counter() - start, 4)})

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import socket
 import sys
+import threading
 
 from s4d_ray.engine.config import ConfigError, load_config
+from s4d_ray.engine.own_videos import own_video_config
 from s4d_ray.engine.pipeline import TooManyFailuresError, run_pipeline
+from s4d_ray.io.lease import OutputBusyError
 
 
 def _positive_int(text: str) -> int:
@@ -17,12 +22,45 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, naming the address, when nothing listens at a `host:port` or
+    `ray://host:port` Ray address (`ray.init` would retry for minutes); other forms
+    ('auto', 'local', no port) are left to Ray."""
+    target = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise ConnectionError(f"cannot reach the Ray cluster at {address!r}: {error}") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The job's flags (shared with `s4d run`)."""
     parser.add_argument(
-        "--npz", required=True, help="folder or glob of release npz (any fsspec URI)"
+        "--npz",
+        default="",
+        help="folder or glob of release npz (any fsspec URI); leave out for your own videos: "
+        "every <video_id>.mp4 under --videos is split into clips, calibrated and posed",
     )
     parser.add_argument("--videos", default="", help="folder of raw VR180 <video_id>.mp4")
+    parser.add_argument(
+        "--min-clip-frames",
+        type=_positive_int,
+        default=32,
+        help="own videos (no --npz): drop clips shorter than this",
+    )
+    parser.add_argument(
+        "--max-clip-frames",
+        type=_positive_int,
+        default=200,
+        help="own videos (no --npz): split longer shots into clips of at most this many frames",
+    )
     parser.add_argument(
         "--rectified",
         default="",
@@ -41,6 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="abort when more than this fraction of clips fail (a systemic error); default 1.0 = never",
     )
     parser.add_argument(
+        "--dense",
+        action="store_true",
+        help="also write per clip the rectified frames (mp4), stereo depth and intrinsics "
+        "under OUTPUT/dense/<clip_id>/ (for pointmap export and training)",
+    )
+    parser.add_argument(
         "--address", default=None, help="Ray address (default: RAY_ADDRESS or local)"
     )
 
@@ -50,23 +94,35 @@ def run(args: argparse.Namespace) -> int:
     input (checked on the driver before Ray starts), 3 when aborted for too many failures."""
     try:
         config = load_config(
-            args.config, backend=args.backend, max_failure_fraction=args.max_failure_fraction
+            args.config,
+            backend=args.backend,
+            max_failure_fraction=args.max_failure_fraction,
+            dense=True if getattr(args, "dense", False) else None,
         )
     except (ConfigError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.address:
-        import ray
-
-        ray.init(address=args.address)
+    # `ray job stop` sends SIGTERM: unwind (the output lease is released) instead of dying
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
+        if args.address:
+            import ray
+
+            check_reachable(args.address)
+            ray.init(address=args.address)
+        own_videos = None
+        if not args.npz:
+            if not args.videos:
+                raise ValueError("give release clips (--npz) or your own videos (--videos)")
+            own_videos = own_video_config(args.min_clip_frames, args.max_clip_frames)
         summary = run_pipeline(
-            args.npz, args.output, config, args.videos, args.rectified, args.limit
+            args.npz, args.output, config, args.videos, args.rectified, args.limit, own_videos
         )
     except TooManyFailuresError as error:
         print(f"aborted: {error}", file=sys.stderr)
         return 3
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, OutputBusyError, ConnectionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     printable = {k: v for k, v in summary.__dict__.items() if k != "config"}

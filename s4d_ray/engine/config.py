@@ -102,6 +102,12 @@ class PipelineConfig:
     max_failure_fraction: float = 1.0
     """Abort when more than this fraction of at least `failure_check_after` clips failed."""
     failure_check_after: int = 8
+    dense: bool = False
+    """Also write per clip the rectified frames, the stereo depth and the intrinsics
+    (`s4d_ray.io.dense`); without it those arrays die as soon as consumed."""
+    max_npz_bytes: int = 1 << 30
+    """Cap on one input npz: its file size and the uncompressed bytes of the release members
+    read (checked from the zip and array headers before decompressing; issue 10)."""
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -110,7 +116,7 @@ class PipelineConfig:
         for name in self.stages:
             if name not in defaults:
                 raise ConfigError(
-                    f"stages.{name}", f"no such stage; stages are {sorted(defaults)}"
+                    f"stages.{name}", f"unknown stage {name!r}; stages are {sorted(defaults)}"
                 )
         defaults.update(self.stages)
         self.stages = defaults
@@ -220,7 +226,9 @@ def _check_sea_raft_config(key: str, value: Any) -> None:
     """`models.stereo.config`: a mapping of official SEA-RAFT config keys (imports torch, so
     only when given)."""
     if not isinstance(value, dict):
-        raise ConfigError(key, f"must be a mapping of SEA-RAFT config keys, got {_type_name(value)}")
+        raise ConfigError(
+            key, f"must be a mapping of SEA-RAFT config keys, got {_type_name(value)}"
+        )
     from s4d_ray.models.sea_raft import SEARAFTConfig
 
     try:
@@ -235,6 +243,7 @@ def check_config(config: PipelineConfig) -> None:
     _at_least("clips_per_shard", config.clips_per_shard, 1)
     _at_least("min_tracks", config.min_tracks, 0)
     _at_least("failure_check_after", config.failure_check_after, 1)
+    _at_least("max_npz_bytes", config.max_npz_bytes, 1)
     if not 0.0 <= config.max_failure_fraction <= 1.0:
         raise ConfigError(
             "max_failure_fraction", f"must be in [0, 1], got {config.max_failure_fraction!r}"
@@ -248,6 +257,15 @@ def check_config(config: PipelineConfig) -> None:
         _at_least(prefix + "num_gpus", res.num_gpus, 0)
         _at_least(prefix + "min_actors", res.min_actors, 1)
         _at_least(prefix + "max_actors", res.max_actors, res.min_actors)
+        _at_least(prefix + "timeout_s", res.timeout_s, 0)
+        if not isinstance(res.custom_resources, dict):
+            raise ConfigError(
+                prefix + "custom_resources",
+                f"must be a mapping of resource names to amounts, got {_type_name(res.custom_resources)}",
+            )
+        for resource, amount in res.custom_resources.items():
+            _check_type(f"{prefix}custom_resources.{resource}", amount, "float")
+            _at_least(f"{prefix}custom_resources.{resource}", amount, 0)
     if not isinstance(config.models, ModelSettings):
         raise ConfigError("models", f"must be a mapping, got {_type_name(config.models)}")
     _check_fields(config.models, "models.")
@@ -301,7 +319,9 @@ def config_from_dict(values: Any) -> PipelineConfig:
     stages = default_resources(backend)
     for name, overrides in _mapping(values.pop("stages", None), "stages").items():
         if name not in stages:
-            raise ConfigError(f"stages.{name}", f"no such stage; stages are {sorted(stages)}")
+            raise ConfigError(
+                f"stages.{name}", f"unknown stage {name!r}; stages are {sorted(stages)}"
+            )
         overrides = _known(StageResources, _mapping(overrides, f"stages.{name}"), f"stages.{name}.")
         stages[name] = dataclasses.replace(stages[name], **overrides)
     values["stages"] = stages
@@ -312,9 +332,32 @@ def config_from_dict(values: Any) -> PipelineConfig:
                 models[stage] = _mapping(models[stage], f"models.{stage}")
         values["models"] = ModelSettings(**models)
     if "optimizer" in values:
-        optimizer = _known(OptimizerSettings, _mapping(values["optimizer"], "optimizer"), "optimizer.")
+        optimizer = _known(
+            OptimizerSettings, _mapping(values["optimizer"], "optimizer"), "optimizer."
+        )
         values["optimizer"] = OptimizerSettings(**optimizer)
     return PipelineConfig(**values)
+
+
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file is small; a larger one is refused before it is parsed."""
+
+
+def _load_yaml(text: str) -> Any:
+    """`yaml.safe_load` that refuses aliases (`*name`): a few hundred bytes of nested aliases
+    (a "billion laughs" alias bomb) expand to gigabytes; a config never needs them."""
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None, None, "YAML aliases (*name) are not allowed in a config", event.start_mark
+                )
+            return super().compose_node(parent, index)
+
+    return yaml.load(text, Loader=NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def load_config(uri: str | None, **overrides: Any) -> PipelineConfig:
@@ -322,14 +365,12 @@ def load_config(uri: str | None, **overrides: Any) -> PipelineConfig:
     values are ignored) and check it. ConfigError for a bad file or value."""
     values: Any = {}
     if uri:
-        text = fs.read_bytes(uri).decode()
         try:
-            if uri.endswith(".json"):
-                values = json.loads(text)
-            else:
-                import yaml
-
-                values = yaml.safe_load(text)
+            text = fs.read_bytes(uri, max_bytes=MAX_CONFIG_BYTES).decode()
+        except (fs.InputTooLargeError, fs.NotRegularFileError) as error:
+            raise ConfigError("", str(error)) from error
+        try:
+            values = json.loads(text) if uri.endswith(".json") else _load_yaml(text)
         except ValueError as error:  # json.JSONDecodeError, UnicodeDecodeError
             raise ConfigError("", f"{uri!r} is not valid JSON/YAML: {error}") from error
         except Exception as error:  # yaml.YAMLError

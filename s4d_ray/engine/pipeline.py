@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,10 +29,19 @@ from fsspec.implementations.local import LocalFileSystem
 
 from s4d_ray.engine.clip_stages import Row, batch_to_rows, input_rows, rows_to_batch
 from s4d_ray.engine.config import PipelineConfig, config_to_dict
+from s4d_ray.engine.own_videos import prepare_videos
+from s4d_ray.engine.preflight import (
+    check_cluster_resources,
+    check_paths,
+    prepare_output,
+    remove_stale_temp_files,
+)
 from s4d_ray.engine.runner import actor_class, apply, task_function
 from s4d_ray.engine.stage_list import REDUCER, STAGES, Job, is_pool
 from s4d_ray.io import fs
 from s4d_ray.io.clip_io import npz_stem
+from s4d_ray.io.dense import dense_clip_ids
+from s4d_ray.io.lease import OutputLease
 from s4d_ray.io.writer import (
     FAILURES_DIR,
     NPZ_DIR,
@@ -40,6 +50,7 @@ from s4d_ray.io.writer import (
     read_failures,
     write_failures,
 )
+from s4d_ray.ownvideo.prepare import OwnVideoConfig
 
 log = logging.getLogger("s4d_ray.engine.pipeline")
 
@@ -58,30 +69,46 @@ def _arrow_filesystem(filesystem: fsspec.AbstractFileSystem) -> pafs.FileSystem:
     return pafs.PyFileSystem(pafs.FSSpecHandler(filesystem))
 
 
+SHARDS_PER_READ = 1000
+"""Shards per pyarrow dataset read: one dataset keeps ~100 kB of metadata per fragment until
+it is dropped, so 14,000 shards in one would peak at ~1.5 GB; 1,000 at a time stay ~0.3 GB
+at the same speed (benchmarks/bench_startup.py)."""
+
+
 def clip_ids_in_shards(folder: str) -> set[str]:
-    """The `name` column of every Parquet shard in `folder`, read as ONE pyarrow dataset.
+    """The `name` column of every Parquet shard in `folder`, read as pyarrow datasets.
 
     One listing, then pyarrow reads each shard's footer and name column chunk on its thread
-    pool (no schema inference: the fragments are made from the listed paths directly).
+    pool, `SHARDS_PER_READ` shards per dataset (no schema inference: the fragments are made
+    from the listed paths directly).
     """
     filesystem, paths = fs.list_paths(folder, ".parquet")
+    names: set[str] = set()
     if not paths:
-        return set()
-    dataset = pads.FileSystemDataset.from_paths(
-        paths,
-        schema=pa.schema([("name", pa.string())]),
-        format=pads.ParquetFileFormat(),
-        filesystem=_arrow_filesystem(filesystem),
-    )
-    return set(dataset.to_table(columns=["name"]).column("name").to_pylist())
+        return names
+    arrow_fs = _arrow_filesystem(filesystem)
+    schema = pa.schema([("name", pa.string())])
+    for start in range(0, len(paths), SHARDS_PER_READ):
+        dataset = pads.FileSystemDataset.from_paths(
+            paths[start : start + SHARDS_PER_READ],
+            schema=schema,
+            format=pads.ParquetFileFormat(),
+            filesystem=arrow_fs,
+        )
+        names.update(dataset.to_table(columns=["name"]).column("name").to_pylist())
+    return names
 
 
-def completed_clip_ids(output: str) -> set[str]:
-    """Clips with an npz and a row in some Parquet shard under `output` (two listings and one
-    dataset read: ~110,000 clips in 14,000 shards take seconds, see benchmarks/bench_startup)."""
+def completed_clip_ids(output: str, dense: bool = False) -> set[str]:
+    """Clips with an npz and a row in some Parquet shard under `output` (two listings and the
+    shards' name columns read as datasets: 110,000 clips in 14,000 shards take ~11 s of CPU,
+    see benchmarks/bench_startup);
+    with `dense`, also every dense file (one more listing): a clip done without `--dense` is
+    redone by a `--dense` run."""
     _, npz_paths = fs.list_paths(fs.join(output, NPZ_DIR), ".npz")
     npz = {npz_stem(p) for p in npz_paths}
-    return npz & clip_ids_in_shards(fs.join(output, PARQUET_DIR))
+    done = npz & clip_ids_in_shards(fs.join(output, PARQUET_DIR))
+    return done & dense_clip_ids(output) if dense else done
 
 
 def build_dataset(rows: list[Row], config: PipelineConfig, output: str):
@@ -95,6 +122,8 @@ def build_dataset(rows: list[Row], config: PipelineConfig, output: str):
     for spec in STAGES:
         res = config.resources(spec.name)
         options: dict[str, Any] = {"num_cpus": res.num_cpus}
+        if res.custom_resources:
+            options["resources"] = dict(res.custom_resources)
         if is_pool(spec):
             fn: Any = actor_class(spec.name)
             # Ray Data restarts dead pool actors and retries their tasks by default
@@ -129,6 +158,21 @@ class RunSummary:
     tracks_done: int = 0
     backend: str = ""
     config: dict[str, Any] = field(default_factory=dict)
+    track_counts: dict[str, float] = field(default_factory=dict)
+    """Totals over done clips of `clip_stages.track_counts` (queries tracked, query·frames,
+    tracks after each filter), plus `query_frames_per_kept_track` and `kept_fraction`."""
+
+
+def with_ratios(totals: Counter[str]) -> dict[str, float]:
+    """Track-count totals plus the two ratios that show the tracker's wasted work:
+    query·frames tracked per kept track, and kept tracks per tracked query."""
+    out: dict[str, float] = dict(sorted(totals.items()))
+    kept, tracked = totals.get("tracks_kept", 0), totals.get("queries_tracked", 0)
+    if kept and "queries_query_frames" in totals:
+        out["query_frames_per_kept_track"] = round(totals["queries_query_frames"] / kept, 3)
+    if tracked:
+        out["kept_fraction"] = round(kept / tracked, 5)
+    return out
 
 
 def _consolidate_failures(
@@ -159,7 +203,12 @@ class RunPlan:
 
 
 def plan_run(
-    npz: str, output: str, videos: str = "", rectified: str = "", limit: int | None = None
+    npz: str,
+    output: str,
+    videos: str = "",
+    rectified: str = "",
+    limit: int | None = None,
+    dense: bool = False,
 ) -> RunPlan:
     """Everything `run_pipeline` does on the driver before the dataset starts: list the inputs
     (and the rectified videos), read which clips are complete, build the clip rows. Listings
@@ -167,9 +216,56 @@ def plan_run(
     if not (videos or rectified):
         raise ValueError("give the raw video folder (--videos) or rectified videos (--rectified)")
     fs.makedirs(output)
-    completed = completed_clip_ids(output)
+    completed = completed_clip_ids(output, dense)
     rows, rejected = input_rows(npz, videos, rectified, limit, frozenset(completed))
     return RunPlan(rows, rejected, completed)
+
+
+def _write_report(output: str) -> None:
+    """OUTPUT/report.html from the run's outputs; a report that fails never fails the run."""
+    from s4d_ray.viz.report import write_report
+
+    try:
+        log.info("run report: %s", write_report(output))
+    except Exception:
+        log.exception("could not write the run report under %s", output)
+
+
+def local_cluster_address() -> str | None:
+    """The GCS address of a live local Ray cluster (`ray start` on this machine), or None.
+
+    Ray records the last `ray start` in `<RAY_TMPDIR or /tmp>/ray/ray_current_cluster`; a
+    cluster that was killed leaves the file behind, so the address counts only if something
+    accepts a TCP connection there within a second.
+    """
+    import ray._private.utils as ray_utils
+
+    address = ray_utils.read_ray_address()
+    if not address or ":" not in address:
+        return None
+    host, port = address.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=1.0).close()
+    except (OSError, ValueError):
+        return None
+    return address
+
+
+def connect_ray() -> str:
+    """Initialise Ray for a run and say how: `RAY_ADDRESS` if set; else the live local
+    cluster if one answers; else a fresh local cluster (a stale `ray_current_cluster` file
+    is ignored). Returns a line for the log."""
+    import ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        return f"connected to RAY_ADDRESS={os.environ['RAY_ADDRESS']}"
+    address = local_cluster_address()
+    if address:
+        ray.init(address=address)
+        return f"connected to the running local cluster at {address}"
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, 4))
+    return "started a fresh local cluster (no live one found)"
 
 
 def run_pipeline(
@@ -179,17 +275,51 @@ def run_pipeline(
     videos: str = "",
     rectified: str = "",
     limit: int | None = None,
+    own_videos: OwnVideoConfig | None = None,
 ) -> RunSummary:
     """Process every not-yet-complete clip under `npz`; write outputs and `summary.json`.
 
-    Connects to a running Ray cluster if one is initialised or `RAY_ADDRESS` is set, else
-    starts a local one. Raises TooManyFailuresError when the failure fraction exceeds the
+    With `own_videos` (and no `npz`): every `<video_id>.mp4` under `videos` is first split,
+    calibrated and posed in Ray tasks (`engine.own_videos`), and the prepared clips are run.
+
+    Uses Ray as `connect_ray` finds it (initialised, `RAY_ADDRESS`, a live local cluster)
+    or starts a local one, and logs which. Raises TooManyFailuresError when the failure fraction exceeds the
     configured limit (after the outputs so far are written).
+
+    Before anything runs: the output must not overlap an input and must be writable
+    (OutputPathError), and no other live run may hold its lease (OutputBusyError; one run
+    per output keeps every clip exactly once). Temp files of writers killed mid-write are
+    removed under the lease.
     """
+    check_paths(output, {"--npz": npz, "--videos": videos, "--rectified": rectified})
+    prepare_output(output)
+    with OutputLease.acquire(output):
+        remove_stale_temp_files(output)
+        return _run_pipeline(npz, output, config, videos, rectified, limit, own_videos)
+
+
+def _run_pipeline(
+    npz: str,
+    output: str,
+    config: PipelineConfig,
+    videos: str,
+    rectified: str,
+    limit: int | None,
+    own_videos: OwnVideoConfig | None = None,
+) -> RunSummary:
     import ray
 
     start = time.perf_counter()
-    plan = plan_run(npz, output, videos, rectified, limit)
+    prepared_failures: list[ClipFailure] = []
+    if own_videos is not None:  # own-video mode: videos -> posed release clips first
+        if not ray.is_initialized():
+            log.info("Ray: %s", connect_ray())
+        prepared = prepare_videos(videos, output, own_videos)
+        npz, prepared_failures = prepared.npz_folder, prepared.failures
+    if own_videos is not None and not fs.list_files(npz, ".npz"):
+        plan = RunPlan([], [], completed_clip_ids(output, config.dense))  # no usable clip
+    else:
+        plan = plan_run(npz, output, videos, rectified, limit, config.dense)
     rows, rejected, completed = plan.rows, plan.rejected, plan.completed
     summary = RunSummary(
         clips_skipped=len(completed), backend=config.backend, config=config_to_dict(config)
@@ -201,16 +331,16 @@ def run_pipeline(
         len(rejected),
     )
     if not ray.is_initialized():
-        ray.init(
-            **({} if os.environ.get("RAY_ADDRESS") else {"num_cpus": max(os.cpu_count() or 1, 4)})
-        )
+        log.info("Ray: %s", connect_ray())
+    check_cluster_resources(config)  # a GPU stage on a GPU-less cluster would wait forever
 
     failures = [
         ClipFailure(r["clip_id"], r["error_stage"], r["error_type"], r["error_message"])
         for r in rejected
-    ]
+    ] + prepared_failures
     stage_seconds: Counter[str] = Counter()
     stage_counts: Counter[str] = Counter()
+    track_totals: Counter[str] = Counter()
     aborted: TooManyFailuresError | None = None
     if rows:
         for clip in build_dataset(rows, config, output).iter_rows():
@@ -219,6 +349,7 @@ def run_pipeline(
                 summary.clips_done += 1
                 summary.frames_done += int(clip["num_frames"])
                 summary.tracks_done += int(clip["num_tracks"])
+                track_totals.update(json.loads(clip.get("track_counts") or "{}"))
                 for stage, seconds in json.loads(clip["timings"]).items():
                     stage_seconds[stage] += seconds
                     stage_counts[stage] += 1
@@ -248,6 +379,7 @@ def run_pipeline(
         for stage in [spec.name for spec in STAGES]
         if stage_counts[stage]
     }
+    summary.track_counts = with_ratios(track_totals)
     summary.wall_seconds = round(time.perf_counter() - start, 3)
     summary.clips_per_hour = (
         round(3600 * summary.clips_done / summary.wall_seconds, 2) if summary.wall_seconds else 0.0
@@ -255,6 +387,7 @@ def run_pipeline(
     _consolidate_failures(output, failures, completed)
     with fs.open_atomic(fs.join(output, "summary.json"), "w") as f:
         f.write(json.dumps(summary.__dict__, indent=2, sort_keys=True))
+    _write_report(output)
     if aborted:
         raise aborted
     return summary
@@ -266,7 +399,7 @@ def run_in_process(rows: list[Row], config: PipelineConfig, output: str) -> list
     streaming benchmark compares against. Returns the write stage's summary rows."""
     job = Job(config, output)
     contexts = {spec.name: spec.setup(job) for spec in STAGES}
-    summaries = []
+    summaries: list[dict[str, Any]] = []
     for row in rows:
         item: Any = row
         batched = False
@@ -274,6 +407,6 @@ def run_in_process(rows: list[Row], config: PipelineConfig, output: str) -> list
             if (spec.kind == REDUCER) != batched:  # one clip as a batch of one, or back
                 item = batch_to_rows(item)[0] if batched else rows_to_batch([item])
                 batched = not batched
-            item = apply(spec, contexts[spec.name], item)
+            item = apply(spec, contexts[spec.name], item, config.resources(spec.name).timeout_s)
         summaries += batch_to_rows(item) if batched else [item]
     return summaries

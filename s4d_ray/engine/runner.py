@@ -4,6 +4,8 @@ functions for tasks) and the in-process runner."""
 
 from __future__ import annotations
 
+import ctypes
+import threading
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -27,8 +29,50 @@ def record_stage_outcome(row: Row, spec: StageSpec, was_failed: bool) -> None:
         metrics.record_stage_from_row(row, spec.name)
 
 
-def apply(spec: StageSpec, context: Any, item: Row | Batch) -> Row | Batch:
-    """Run `spec` on one clip row (task, actor) or a numpy batch of clips (reducer)."""
+class StageTimeoutError(TimeoutError):
+    """A clip spent longer in a stage than the stage's `timeout_s`."""
+
+
+def _raise_in_thread(thread: threading.Thread, error: type[BaseException]) -> None:
+    """Ask `thread` to raise `error` at its next Python bytecode (a stuck C call stays stuck
+    until it returns)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread.ident or 0), ctypes.py_object(error)
+    )
+
+
+def call_with_timeout(fn: Callable[[Row], Row], row: Row, seconds: float, stage: str) -> Row:
+    """`fn(row)`, or a StageTimeoutError naming the clip and stage after `seconds` (0 = no
+    limit). The call runs in a worker thread that is told to stop when it overruns, so a clip
+    that decodes forever or a model call that hangs costs one failure row, not the job."""
+    if not seconds:
+        return fn(row)
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["row"] = fn(row)
+        except BaseException as error:  # handed to the caller's thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=target, name=f"s4d-{stage}", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        _raise_in_thread(worker, StageTimeoutError)
+        worker.join(5.0)
+        raise StageTimeoutError(
+            f"clip {row.get('clip_id')!r}: stage {stage!r} took longer than its "
+            f"{seconds:g} s timeout (stages.{stage}.timeout_s)"
+        )
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["row"]
+
+
+def apply(spec: StageSpec, context: Any, item: Row | Batch, timeout_s: float = 0.0) -> Row | Batch:
+    """Run `spec` on one clip row (task, actor; at most `timeout_s` seconds) or a numpy batch
+    of clips (reducer)."""
     if spec.kind == REDUCER:
         rows = batch_to_rows(item)
         before = [failed(row) for row in rows]
@@ -37,7 +81,11 @@ def apply(spec: StageSpec, context: Any, item: Row | Batch) -> Row | Batch:
             record_stage_outcome(row, spec, was_failed)
         return rows_to_batch(rows)
     was_failed = failed(item)
-    row = run_stage(item, spec, lambda r: spec.process(r, context))
+    row = run_stage(
+        item,
+        spec,
+        lambda r: call_with_timeout(lambda x: spec.process(x, context), r, timeout_s, spec.name),
+    )
     record_stage_outcome(row, spec, was_failed)
     return row
 
@@ -51,9 +99,10 @@ class StageActor:
     def __init__(self, job: Job) -> None:
         self.spec = STAGE[self.stage_name]
         self.context = self.spec.setup(job)
+        self.timeout_s = job.config.resources(self.stage_name).timeout_s
 
     def __call__(self, item: Row | Batch) -> Row | Batch:
-        return apply(self.spec, self.context, item)
+        return apply(self.spec, self.context, item, self.timeout_s)
 
 
 @cache
@@ -66,9 +115,10 @@ def actor_class(stage_name: str) -> type[StageActor]:
 def task_function(stage_name: str, job: Job) -> Callable[[Any], Any]:
     """The Ray task function of a stateless stage, named after it (`decode`, `lift`, ...)."""
     spec = STAGE[stage_name]
+    timeout_s = job.config.resources(stage_name).timeout_s
 
     def run(item: Any) -> Any:
-        return apply(spec, spec.setup(job), item)
+        return apply(spec, spec.setup(job), item, timeout_s)
 
     run.__name__ = run.__qualname__ = stage_name
     return run

@@ -21,7 +21,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from s4d_ray.engine import clip_stages
-from s4d_ray.engine.clip_stages import RECORD_COLUMNS, Stage
+from s4d_ray.engine.clip_stages import DENSE_DEPTH, DENSE_FRAMES, RECORD_COLUMNS, Stage
 from s4d_ray.engine.metrics import report_written
 
 if TYPE_CHECKING:
@@ -32,12 +32,20 @@ TASK, ACTOR, REDUCER = "task", "actor", "reducer"
 
 @dataclass(frozen=True)
 class StageResources:
-    """Ray resources of one stage: per actor (actor pools) or per task (tasks)."""
+    """Ray resources of one stage, per actor (actor pools) or per task (tasks), and how long
+    one clip may take in it."""
 
     num_cpus: float = 0.5
     num_gpus: float = 0.0
     min_actors: int = 1
     max_actors: int = 1
+    timeout_s: float = 1800.0
+    """Seconds one clip may spend in a per-clip stage (task or actor) before it becomes a
+    failure row (`StageTimeoutError`) and the job goes on; 0 = no limit. Reducers, which
+    take a batch of clips per call, are not timed out."""
+    custom_resources: dict[str, float] = field(default_factory=dict)
+    """Ray custom resources per actor/task, e.g. {"s4d_gpu_node": 0.25} to place a model pool
+    on the nodes started with `ray start --resources '{"s4d_gpu_node": 1}'`."""
 
 
 @dataclass(frozen=True)
@@ -127,9 +135,11 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(
         "decode",
         consumes=(),
-        adds={**RECORD_COLUMNS, "left": ("uint8", 4), "right": ("uint8", 4)},
+        adds={**RECORD_COLUMNS, "left": ("uint8", 4), "right": ("uint8", 4), **DENSE_FRAMES},
         kind=TASK,
-        process=lambda row, job: clip_stages.decode_and_rectify(row),
+        process=lambda row, job: clip_stages.decode_and_rectify(
+            row, job.config.max_npz_bytes, dense=job.config.dense
+        ),
         resources={"cpu": StageResources(num_cpus=1.0), "neural": StageResources(num_cpus=2.0)},
     ),
     StageSpec(
@@ -145,9 +155,26 @@ STAGES: tuple[StageSpec, ...] = (
         },
     ),
     StageSpec(
-        "tracking",
+        "segmentation",
         consumes=(),
-        adds={"tracks_2d": ("float32", 3), "visible": ("bool", 2), "query_frame": ("int64", 1)},
+        adds={"label_classes": ("uint8", 4)},
+        kind=ACTOR,
+        setup=setup_segmentation,
+        process=lambda row, segmenter: clip_stages.segment_classes(row, segmenter),
+        resources={
+            "cpu": StageResources(num_cpus=0.1),
+            "neural": StageResources(num_cpus=1.0, num_gpus=0.125, max_actors=2),
+        },
+    ),
+    StageSpec(
+        "tracking",
+        consumes=("label_classes",),
+        adds={
+            "tracks_2d": ("float32", 3),
+            "visible": ("bool", 2),
+            "query_frame": ("int64", 1),
+            "point_classes": ("uint8", 2),
+        },
         kind=ACTOR,
         setup=setup_tracking,
         process=lambda row, tracker: clip_stages.track_points(row, tracker),
@@ -157,29 +184,20 @@ STAGES: tuple[StageSpec, ...] = (
         },
     ),
     StageSpec(
-        "segmentation",
-        consumes=(),
-        adds={"point_labels": ("uint8", 2)},
-        kind=ACTOR,
-        setup=setup_segmentation,
-        process=lambda row, segmenter: clip_stages.segment_points(row, segmenter),
-        resources={
-            "cpu": StageResources(num_cpus=0.1),
-            "neural": StageResources(num_cpus=1.0, num_gpus=0.125, max_actors=2),
-        },
-    ),
-    StageSpec(
         "lift",
-        consumes=("left", "depth", "tracks_2d", "query_frame", "point_labels"),
+        consumes=("left", "depth", "tracks_2d", "query_frame", "point_classes"),
         # `visible` stays, cut down to the kept tracks: it is written as the clip's visibility
         adds={
             "points": ("float32", 3),
             "valid": ("bool", 2),
             "motion": ("float32", 2),
             "colours": ("uint8", 2),
+            **DENSE_DEPTH,
         },
         kind=TASK,
-        process=lambda row, job: clip_stages.lift_and_filter(row, job.config.min_tracks),
+        process=lambda row, job: clip_stages.lift_and_filter(
+            row, job.config.min_tracks, dense=job.config.dense
+        ),
         resources={"cpu": StageResources(num_cpus=0.5), "neural": StageResources(num_cpus=1.0)},
     ),
     StageSpec(

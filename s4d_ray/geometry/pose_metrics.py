@@ -101,12 +101,23 @@ def umeyama(source: np.ndarray, target: np.ndarray, with_scale: bool) -> Similar
     return Similarity(rotation=rot, translation=trans, scale=scale)
 
 
+def orientation_alignment(rot_estimate: np.ndarray, rot_truth: np.ndarray) -> np.ndarray:
+    """Rotation A [3,3] minimising Σ‖A·R_est,t − R_gt,t‖_F over rotations [T,3,3] (Procrustes).
+
+    Used for the rotation error: the position alignment leaves the rotation about a straight
+    trajectory's line undetermined, the orientations do not.
+    """
+    u, _, vt = np.linalg.svd(np.einsum("tij,tkj->ik", rot_truth, rot_estimate))
+    sign = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+    return u @ sign @ vt
+
+
 @dataclass(frozen=True)
 class ATEResult:
     """Absolute trajectory error after alignment.
 
     rmse / mean / median / max: camera-centre distances (m); rotation_deg: mean rotation angle
-    error after alignment (degrees); scale: the alignment's scale (1 for SE(3)); scale_error:
+    error (degrees) after the best common rotation of the orientations (`orientation_alignment`); scale: the alignment's scale (1 for SE(3)); scale_error:
     1/scale − 1 (relative size error of the estimate); alignment: the fitted similarity.
     """
 
@@ -132,7 +143,9 @@ def ate(estimate: np.ndarray, ground_truth: np.ndarray, with_scale: bool = False
     align = umeyama(est[:, :3, 3], gt[:, :3, 3], with_scale)
     aligned = align.apply_poses(est)
     err = np.linalg.norm(aligned[:, :3, 3] - gt[:, :3, 3], axis=1)
-    rot_err = rotation_angle_deg(aligned[:, :3, :3], gt[:, :3, :3])
+    rot_err = rotation_angle_deg(
+        orientation_alignment(est[:, :3, :3], gt[:, :3, :3]) @ est[:, :3, :3], gt[:, :3, :3]
+    )
     return ATEResult(
         rmse=float(np.sqrt(np.mean(err**2))),
         mean=float(err.mean()),

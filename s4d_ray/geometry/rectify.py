@@ -3,12 +3,13 @@
 The reference rectifies each whole equirect eye (a full-resolution remap by `rectified2rig`),
 then crops a perspective view (a second full remap), recomputing both maps and seeking per frame.
 Here the two maps are composed into one 512×512 lookup per eye, computed once per clip, and the
-needed frames are decoded sequentially (DESIGN.md §2.1). No torch or Ray on this path.
+needed frames are decoded sequentially (one seek per clip). No torch or Ray on this path.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -140,14 +141,16 @@ def rectify_clip(
 def rectified_video_uris(output_folder: str, clip_id: str) -> tuple[str, str]:
     """Where the reference writes a clip's rectified videos: `OUT/<id>/<id>-{left,right}_…mp4`."""
     validate_clip_id(clip_id)
-    return tuple(
-        fs.join(output_folder, clip_id, f"{clip_id}-{eye}_rectified.mp4")
-        for eye in ("left", "right")
-    )
+    folder = fs.join(output_folder, clip_id)
+    return _flat_rectified_video_uris(folder, clip_id)
 
 
 def _flat_rectified_video_uris(folder: str, clip_id: str) -> tuple[str, str]:
-    return tuple(fs.join(folder, f"{clip_id}-{eye}_rectified.mp4") for eye in ("left", "right"))
+    """`<folder>/<id>-{left,right}_rectified.mp4`."""
+    return (
+        fs.join(folder, f"{clip_id}-left_rectified.mp4"),
+        fs.join(folder, f"{clip_id}-right_rectified.mp4"),
+    )
 
 
 def find_rectified_videos(folder: str, clip_id: str) -> tuple[str, str]:
@@ -158,6 +161,32 @@ def find_rectified_videos(folder: str, clip_id: str) -> tuple[str, str]:
     if fs.exists(nested[0]):
         return nested
     return _flat_rectified_video_uris(folder, clip_id)
+
+
+def _two_level_names(folder: str) -> Iterator[tuple[str, str]]:
+    """(sub-folder, file name) of every file one level below `folder`: on object stores from
+    ONE recursive listing (gcsfs: one paginated request, then filtered by depth), locally by
+    scandir (entry types come with the listing: no stat per file)."""
+    filesystem, root = fs.filesystem(folder)
+    root = root.rstrip("/")
+    if fs.is_local(folder):
+        try:
+            with os.scandir(root) as top:
+                folders = [(e.name, e.path) for e in top if e.is_dir()]
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for name, path in folders:
+            with os.scandir(path) as entries:
+                yield from ((name, e.name) for e in entries if not e.is_dir())
+        return
+    try:
+        paths = filesystem.find(root, maxdepth=2)
+    except FileNotFoundError:
+        return
+    for p in paths:
+        parts = p[len(root) :].lstrip("/").split("/")
+        if len(parts) == 2:
+            yield parts[0], parts[1]
 
 
 class RectifiedVideoIndex:
@@ -171,17 +200,10 @@ class RectifiedVideoIndex:
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
-        filesystem, root = fs.filesystem(folder)
-        root = root.rstrip("/")
-        try:
-            # maxdepth 2: `<id>-…mp4` and `<id>/<id>-…mp4`; gcsfs filters one flat listing
-            paths = filesystem.find(root, maxdepth=2)
-        except FileNotFoundError:
-            paths = []
         self.nested: frozenset[str] = frozenset(
-            parts[0]
-            for parts in (p[len(root) :].lstrip("/").split("/") for p in paths)
-            if len(parts) == 2 and parts[1] == f"{parts[0]}-left_rectified.mp4"
+            clip_id
+            for clip_id, name in _two_level_names(folder)
+            if name == f"{clip_id}-left_rectified.mp4"
         )
 
     def __call__(self, clip_id: str) -> tuple[str, str]:
@@ -201,7 +223,9 @@ def rectify_to_files(
 ) -> tuple[str, str]:
     """`s4d rectify`: read `<npz>/<id>.npz` and `<raw>/<video_id>.mp4`, write the two mp4s."""
     validate_clip_id(clip_id)
-    record = read_clip(fs.join(npz_folder, f"{clip_id}.npz"))
+    if not 0.0 < output_hfov < 180.0:  # also refuses NaN (which rendered black videos)
+        raise ValueError(f"output_hfov must be in (0, 180) degrees, got {output_hfov}")
+    record = read_clip(fs.join(npz_folder, f"{clip_id}.npz"), extras=())
     video_uri = fs.join(raw_video_folder, f"{validate_video_id(record.video_id)}.mp4")
     left, right = rectify_clip(record, video_uri, hfov_deg=output_hfov)
     left_uri, right_uri = rectified_video_uris(output_folder, clip_id)

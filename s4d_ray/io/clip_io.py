@@ -275,7 +275,7 @@ def read_npz_members(
     asked for are never decompressed.
     """
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        infos = {}
+        infos: dict[str, zipfile.ZipInfo] = {}
         for info in archive.infolist():
             infos.setdefault(info.filename.removesuffix(".npy"), info)
         wanted = list(infos) if names is None else [n for n in dict.fromkeys(names) if n in infos]

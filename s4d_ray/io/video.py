@@ -7,12 +7,14 @@ rectification fast (the reference seeks per frame).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import av
 import numpy as np
@@ -40,6 +42,24 @@ def _open(uri: str):
     return av.open(fsys.open(path, "rb"))
 
 
+@contextlib.contextmanager
+def open_video_stream(uri: str, label: str, stage: str) -> Iterator[tuple[Any, Any]]:
+    """(container, its first video stream) set to threaded decoding, closed on exit; a
+    VideoError naming `label` (clip or video id) and `stage` when the file cannot be opened
+    or has no video stream."""
+    try:
+        container = _open(uri)
+    except (av.FFmpegError, OSError) as e:
+        raise VideoError(label, stage, f"cannot open video {uri!r}: {e}") from e
+    with container:
+        try:
+            stream = container.streams.video[0]
+        except IndexError:
+            raise VideoError(label, stage, f"no video stream in {uri!r}") from None
+        stream.thread_type = "AUTO"
+        yield container, stream
+
+
 def probe_video(uri: str, clip_id: str = "", stage: str = "decode") -> VideoInfo:
     """Width, height, fps and duration of the first video stream of `uri`."""
     try:
@@ -61,27 +81,20 @@ def decode_frames_at(
 ) -> Iterator[np.ndarray]:
     """Yield the RGB frames [H,W,3] uint8 whose times best match `timestamps_us` (increasing).
 
-    A wanted timestamp matches the decoded frame nearest to it within half a frame period. One
-    seek to the first timestamp, then sequential decoding. Raises VideoError if the video ends
-    before the last timestamp, a frame is missing, or the stream is corrupt.
+    A wanted timestamp t matches the decoded frame at time f with f - P/2 <= t < f + P/2 (P the
+    frame period), in exact rational arithmetic: a timestamp exactly halfway between two frames
+    takes the later one, as OpenCV's seek to frame round(t·fps) (half up) does in the
+    reference. One seek to the first timestamp, then sequential decoding. Raises VideoError if
+    the video ends before the last timestamp, a frame is missing, or the stream is corrupt.
     """
     wanted = np.asarray(timestamps_us, dtype=np.int64)
     label = clip_id or uri
     if wanted.size == 0:
         return
-    try:
-        container = _open(uri)
-    except (av.FFmpegError, OSError) as e:
-        raise VideoError(label, stage, f"cannot open video {uri!r}: {e}") from e
-    with container:
-        try:
-            stream = container.streams.video[0]
-        except IndexError:
-            raise VideoError(label, stage, f"no video stream in {uri!r}") from None
-        stream.thread_type = "AUTO"
-        rate = stream.average_rate or stream.guessed_rate or Fraction(30)
-        half_period_us = 500_000 / float(rate)
-        base = stream.time_base
+    with open_video_stream(uri, label, stage) as (container, stream):
+        rate = Fraction(stream.average_rate or stream.guessed_rate or 30)
+        half_period = 1 / (2 * rate)  # s, exact
+        base = Fraction(stream.time_base)
         first_seconds = max(0.0, wanted[0] / 1e6 - 1.0)
         if first_seconds > 0:
             container.seek(int(first_seconds / base), stream=stream, backward=True)
@@ -91,11 +104,13 @@ def decode_frames_at(
             for frame in container.decode(stream):
                 if frame.pts is None:
                     continue
-                time_us = float(frame.pts * base * 1_000_000)
-                last_time = time_us
+                time = frame.pts * base  # s, exact
+                last_time = float(time * 1_000_000)
                 image = None
-                while index < wanted.size and wanted[index] <= time_us + half_period_us:
-                    if wanted[index] < time_us - half_period_us:
+                while (
+                    index < wanted.size and Fraction(int(wanted[index]), 10**6) < time + half_period
+                ):
+                    if Fraction(int(wanted[index]), 10**6) < time - half_period:
                         raise VideoError(
                             label, stage, f"no frame near timestamp {wanted[index]} µs in {uri!r}"
                         )
@@ -147,10 +162,11 @@ def write_video(
     Returns the number of frames written.
     """
     local_target = fs.is_local(uri)
-    folder = os.path.dirname(os.path.abspath(uri)) if local_target else None
+    local_path = fs.filesystem(uri)[1] if local_target else ""  # without a file:// prefix
+    folder = os.path.dirname(os.path.abspath(local_path)) if local_target else None
     if folder:
         os.makedirs(folder, exist_ok=True)
-    # hidden and not ending in .mp4: a killed encoder's leftover never looks like a video
+    # `.tmp-…mp4.partial`: a killed encoder's leftover is never listed, never looks like a video
     fd, tmp = tempfile.mkstemp(prefix=fs.TEMP_PREFIX, suffix=".mp4" + fs.TEMP_SUFFIX, dir=folder)
     os.close(fd)
     count = 0
@@ -168,7 +184,7 @@ def write_video(
             container.mux(stream.encode(None))
         if local_target:
             os.chmod(tmp, 0o644)
-            os.replace(tmp, uri)
+            os.replace(tmp, local_path)
         else:
             with open(tmp, "rb") as src, fs.open_atomic(uri) as dst:
                 shutil.copyfileobj(src, dst)

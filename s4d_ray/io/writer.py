@@ -1,20 +1,24 @@
-"""Stage 7: write clips as release npz files, Parquet shards and a failures table.
+"""The write stage: write clips as release npz files, Parquet shards and a failures table.
 
 Layout under an output root (any fsspec URI: local path, `gs://`, `memory://`):
     OUTPUT/npz/<clip_id>.npz              one release npz per clip (+ our extras)
     OUTPUT/parquet/shard-<hash>.parquet   one row per clip, same fields as columns
-    OUTPUT/failures/failures-<hash>.parquet   clip_id, stage, error_type, message
+    OUTPUT/failures/failures-all.parquet  clip_id, stage, error_type, message (the engine
+                                          consolidates into this one table after each run)
 Every write is atomic (`fs.open_atomic`) and every name is a pure function of clip ids, so a
 re-run overwrites its earlier output instead of adding a duplicate.
 
 Our extras in each npz / row: `visibility` bool [N,T], `colours` uint8 [N,3] (query-point
 colour), `motion` float16 [N,T] px (camera-free 2D motion), `stage_timings` and `metadata`
-(JSON text in a 0-d unicode array: seconds per stage; model versions, backends).
+(JSON text in a 0-d unicode array: seconds per stage; the models, backends, weights hashes
+and precisions of the stages (`models`), filter statistics).
 
 Parquet columns: string fields (name, video_id, stage_timings, metadata) are string columns;
 every array is a `large_list` of its row-major flattened values in its own dtype, with the
 shapes of `FIELD_SHAPES` (T frames, N tracks, L = Σ track_lengths). The per-row shapes are
 also stored as JSON in the `array_shapes` column, and `FIELD_SHAPES` in the schema metadata.
+Beside them, per-clip quality figures as plain columns (`s4d_ray.io.qa.QA_COLUMNS`:
+valid_depth_fraction, tracks_kept_fraction, median_depth_m, ...) to filter clips by.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import pyarrow.parquet as pq
 
 from s4d_ray.io import fs
 from s4d_ray.io.clip_io import ClipRecord, write_clip
+from s4d_ray.io.qa import QA_COLUMNS, clip_qa
 
 NPZ_DIR = "npz"
 PARQUET_DIR = "parquet"
@@ -38,7 +43,6 @@ FAILURES_DIR = "failures"
 SHAPES_COLUMN = "array_shapes"
 SHAPES_METADATA_KEY = b"s4d_ray.field_shapes"
 FAILURE_COLUMNS = ("clip_id", "stage", "error_type", "message")
-MAX_FAILURE_MESSAGE_CHARS = 8000
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 FIELD_SHAPES = {
@@ -56,17 +60,13 @@ FIELD_SHAPES = {
     "motion": "float16 [N,T] px",
     "stage_timings": "str (JSON: stage -> seconds)",
     "metadata": "str (JSON: model versions, backends)",
+    "dense_files": "str (JSON: name -> dense file relative to OUTPUT; only with --dense)",
 }
 
 
 def json_text(value: Mapping[str, Any]) -> np.ndarray:
     """`value` as JSON (sorted keys) in a 0-d unicode array, storable without pickle."""
     return np.array(json.dumps(dict(value), sort_keys=True))
-
-
-def read_json_extra(record: ClipRecord, key: str) -> dict[str, Any]:
-    """Decode a JSON extra (`stage_timings`, `metadata`) of a record."""
-    return json.loads(str(record.extras[key]))
 
 
 def build_clip_record(
@@ -84,6 +84,7 @@ def build_clip_record(
     motion: np.ndarray,
     stage_timings: Mapping[str, float],
     metadata: Mapping[str, Any],
+    dense_files: Mapping[str, str] | None = None,
 ) -> ClipRecord:
     """A validated release record with our extras.
 
@@ -91,6 +92,8 @@ def build_clip_record(
         tracks: [N,T,3] m world, stored where `track_mask [N,T]` is true.
         visibility: [N,T] bool. colours: [N,3] uint8. motion: [N,T] px (stored as float16).
         stage_timings: seconds per stage. metadata: model versions, backends (JSON-able).
+        dense_files: with `--dense`, the clip's dense files relative to the output root
+            (`io.dense`), stored as the JSON extra `dense_files`.
     """
     num_tracks, num_frames = np.shape(track_mask)
     expected = {
@@ -124,6 +127,7 @@ def build_clip_record(
             "motion": stored_motion.astype(np.float16),
             "stage_timings": json_text({k: float(v) for k, v in stage_timings.items()}),
             "metadata": json_text(metadata),
+            **({"dense_files": json_text(dense_files)} if dense_files else {}),
         },
     )
     return record.validate()
@@ -183,6 +187,16 @@ def clips_to_table(records: Sequence[ClipRecord]) -> pa.Table:
         json.dumps({k: list(v.shape) for k, v in row.items() if not _is_text(v)}) for row in rows
     ]
     columns[SHAPES_COLUMN] = pa.array(shapes, type=pa.string())
+    qa = [clip_qa(r) for r in sorted(records, key=lambda r: r.name)]
+    for name in QA_COLUMNS:  # per-clip quality figures, for filtering clips (s4d_ray.io.qa)
+        if name in columns:
+            raise ValueError(f"field {name!r} clashes with the QA column of that name")
+        values = [q[name] for q in qa]
+        columns[name] = (
+            pa.array(values, type=pa.large_list(pa.int64()))
+            if name == "depth_histogram"
+            else pa.array(values)
+        )
     table = pa.table(columns)
     return table.replace_schema_metadata({SHAPES_METADATA_KEY: json.dumps(FIELD_SHAPES).encode()})
 
@@ -192,7 +206,7 @@ def table_to_clips(table: pa.Table) -> list[ClipRecord]:
     shapes = [json.loads(s) for s in table.column(SHAPES_COLUMN).to_pylist()]
     rows: list[dict[str, np.ndarray]] = [{} for _ in range(table.num_rows)]
     for field_name in table.column_names:
-        if field_name == SHAPES_COLUMN:
+        if field_name == SHAPES_COLUMN or field_name in QA_COLUMNS:
             continue
         column = table.column(field_name).combine_chunks()
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
@@ -230,8 +244,11 @@ def _read_tables(uri: str) -> list[pa.Table]:
     tables = []
     for file_uri in files:
         file_fs, file_path = fs.filesystem(file_uri)
-        with file_fs.open(file_path, "rb") as f:
-            tables.append(pq.read_table(f))
+        try:
+            with file_fs.open(file_path, "rb") as f:
+                tables.append(pq.read_table(f))
+        except (pa.ArrowException, OSError) as error:  # name the file, not '<Buffer>'
+            raise ValueError(f"{file_uri}: not a readable Parquet file: {error}") from error
     return tables
 
 
@@ -248,10 +265,6 @@ class ClipFailure:
     stage: str
     error_type: str
     message: str
-
-    @classmethod
-    def from_exception(cls, clip_id: str, stage: str, error: BaseException) -> ClipFailure:
-        return cls(clip_id, stage, type(error).__name__, str(error)[:MAX_FAILURE_MESSAGE_CHARS])
 
 
 def failures_uri(output_root: str, shard_id: str) -> str:

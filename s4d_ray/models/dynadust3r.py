@@ -56,6 +56,23 @@ _LAYER_NORM_EPS = 1e-6
 _MOTION_HEAD_PREFIXES = ("motion_head1.", "motion_head2.")
 
 
+SIZE_LIMITS = {
+    "patch_size": (1, 64),
+    "enc_embed_dim": (8, 8192),
+    "enc_depth": (1, 128),
+    "enc_num_heads": (1, 256),
+    "dec_embed_dim": (8, 8192),
+    "dec_depth": (1, 128),
+    "dec_num_heads": (1, 256),
+    "dpt_feature_dim": (1, 8192),
+    "dpt_last_dim": (1, 8192),
+    "time_embed_dim": (2, 8192),
+}
+"""Bounds on every size of a DynaDUSt3R config, checked before a model is built (DUSt3R
+ViT-L/ViT-B: widths 1024/768, depths 24/12), so a checkpoint whose args describe a
+10,000-layer encoder is refused at once instead of being built."""
+
+
 @dataclass(frozen=True)
 class DynaDUSt3RConfig:
     """Sizes and output transforms; the defaults are DUSt3R_ViTLarge_BaseDecoder_512_dpt.
@@ -84,6 +101,18 @@ class DynaDUSt3RConfig:
     time_embed_dim: int = 128
 
     def __post_init__(self) -> None:
+        # bounds first, before anything is sized from them (a checkpoint's args may be hostile)
+        for name, (low, high) in SIZE_LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+        if not all(
+            isinstance(d, int) and 1 <= d <= SIZE_LIMITS["dec_embed_dim"][1]
+            for d in self.dpt_layer_dims
+        ):
+            raise ValueError(f"dpt_layer_dims must be 4 sizes in [1, 8192]: {self.dpt_layer_dims}")
+        if not 0 < self.mlp_ratio <= 16:
+            raise ValueError(f"mlp_ratio must be in (0, 16], got {self.mlp_ratio!r}")
         if self.depth_mode[0] not in ("exp", "square", "linear") or self.depth_mode[1:] != (
             -_INF,
             _INF,

@@ -49,6 +49,14 @@ class FeatureGrids(NamedTuple):
     resolutions: tuple[tuple[int, int], ...]
     video_hw: tuple[int, int]
 
+    def cast(self, dtype: torch.dtype) -> FeatureGrids:
+        """The grids in `dtype`, cast once per clip (e.g. bf16 under bf16 autocast: half the
+        bytes every refinement pass reads, and no per-call cast of whole grids)."""
+        return self._replace(
+            lowres=tuple(g.to(dtype) for g in self.lowres),
+            hires=tuple(g.to(dtype) for g in self.hires),
+        )
+
 
 def default_refinement_resolutions(
     video_hw: tuple[int, int], initial_hw: tuple[int, int]
@@ -107,6 +115,40 @@ def _sample_patches(grid: torch.Tensor, coords_yx: torch.Tensor) -> torch.Tensor
         grid.reshape(b * t, h, w, c).permute(0, 3, 1, 2), normalized, align_corners=False
     )
     return sampled.permute(0, 2, 3, 1).reshape(b, t, n, s, c).transpose(1, 2)
+
+
+def _window_correlation(
+    grid: torch.Tensor, coords_yx: torch.Tensor, feats: torch.Tensor, radius: int = _PATCH_RADIUS
+) -> torch.Tensor:
+    """Correlations [B,N,T,(2r+1)^2] of feats [B,N,T,C] with grid [B,T,h,w,C] bilinearly
+    sampled at coords [B,N,T,2] (y,x) grid cells + every integer offset in [-r, r]^2 (y-major);
+    zero outside the grid. Equals `einsum(_sample_patches(grid, coords + offsets), feats)`.
+
+    All offsets share the fractional part of the position, so each correlation is the same
+    bilinear blend of the (2r+2)^2 integer-cell correlations around it: the features are
+    dotted once per cell (64 reads of C values instead of 49 x 4), and no [B,N,T,49,C]
+    patch tensor is made.
+    """
+    b, t, h, w, c = grid.shape
+    n = coords_yx.shape[1]
+    size = 2 * radius + 2
+    position = coords_yx - 0.5  # grid_sample(align_corners=False): cell i is centred at i + 0.5
+    base = position.floor()
+    frac = (position - base).to(feats.dtype)
+    steps = torch.arange(-radius, radius + 2, device=grid.device)
+    rows = base[..., 0, None].long() + steps  # [B,N,T,8]
+    cols = base[..., 1, None].long() + steps
+    inside = ((rows >= 0) & (rows < h))[..., :, None] & ((cols >= 0) & (cols < w))[..., None, :]
+    cell = rows.clamp(0, h - 1)[..., :, None] * w + cols.clamp(0, w - 1)[..., None, :]
+    frame = torch.arange(b * t, device=grid.device).view(b, 1, t, 1, 1)  # (batch, frame) row
+    cells = grid.reshape(b * t * h * w, c).index_select(0, (frame * (h * w) + cell).flatten())
+    cells = cells.view(b * n * t, size * size, c).to(feats.dtype)
+    dots = torch.bmm(cells, feats.reshape(b * n * t, c, 1)).view(b, n, t, size * size)
+    dots = (dots * inside.flatten(-2)).view(b, n, t, size, size)
+    fy, fx = frac[..., 0, None, None], frac[..., 1, None, None]
+    top = dots[..., :-1, :-1] + fx * (dots[..., :-1, 1:] - dots[..., :-1, :-1])
+    bottom = dots[..., 1:, :-1] + fx * (dots[..., 1:, 1:] - dots[..., 1:, :-1])
+    return (top + fy * (bottom - top)).flatten(-2)
 
 
 class _ResBlock(nn.Module):
@@ -209,11 +251,35 @@ class _MixerBlock(nn.Module):
         self.layer_norm_1 = nn.LayerNorm(channels, bias=False)
         self.conv_channels_mixer = _ChannelMLP(channels)
 
+    fused: bool = True
+    """Channels-last temporal convs as shifted multiply-adds (`_temporal_conv`); False runs
+    them as grouped `Conv1d`s on transposed copies (the plain path, same parameters)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.layer_norm(x).transpose(1, 2)
-        y = self.mlp1_up_1(F.gelu(self.mlp1_up(y), approximate="tanh"))
-        x = x + y.unflatten(1, (x.shape[-1], 4)).sum(2).transpose(1, 2)
+        if not self.fused:
+            y = self.layer_norm(x).transpose(1, 2)
+            y = self.mlp1_up_1(F.gelu(self.mlp1_up(y), approximate="tanh"))
+            x = x + y.unflatten(1, (x.shape[-1], 4)).sum(2).transpose(1, 2)
+            return x + self.conv_channels_mixer(self.layer_norm_1(x))
+        m, t, c = x.shape
+        y = self.layer_norm(x)[..., None]  # [M,T,C,1]: group c feeds output channels 4c..4c+3
+        y = _temporal_conv(y, self.mlp1_up.weight.view(c, 4, 3), self.mlp1_up.bias.view(c, 4))
+        y = F.gelu(y, approximate="tanh")
+        y = _temporal_conv(y, self.mlp1_up_1.weight.view(c, 4, 3), self.mlp1_up_1.bias.view(c, 4))
+        x = x + y.sum(-1)
         return x + self.conv_channels_mixer(self.layer_norm_1(x))
+
+
+def _temporal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Depthwise 3-tap convolution over time, zero padded, channels last.
+
+    x [M,T,C,G] (G = 1 broadcasts to 4), weight [C,4,3], bias [C,4] -> [M,T,C,4]:
+    out[t] = w0 * x[t-1] + w1 * x[t] + w2 * x[t+1] + b, as `Conv1d(padding=1, groups=...)`.
+    """
+    out = torch.addcmul(bias, x, weight[..., 1])
+    out[:, 1:] += x[:, :-1] * weight[..., 0]
+    out[:, :-1] += x[:, 1:] * weight[..., 2]
+    return out
 
 
 class _Mixer(nn.Module):
@@ -241,7 +307,21 @@ class TAPIR(nn.Module):
     num_pips_iter: refinement iterations per refinement resolution.
     initial_resolution: (H,W) the video is resized to for initial tracking (training size).
     feature_extractor_chunk_size: frames encoded at once (memory bound, no effect on results).
+
+    `fused_refinement` (attribute, default True): refinement correlations by
+    `_window_correlation` and mixer temporal convs by `_temporal_conv` (no 7x7 patch tensors,
+    no transposed copies, no grouped convolutions); `set_fused_refinement(False)` runs the
+    plain formulation. Same parameters; outputs agree to float rounding (~1e-6 relative).
     """
+
+    fused_refinement: bool = True
+
+    def set_fused_refinement(self, fused: bool) -> TAPIR:
+        """Choose the fused (default) or the plain refinement; returns self."""
+        self.fused_refinement = fused
+        for block in self.torch_pips_mixer.blocks:
+            block.fused = fused
+        return self
 
     def __init__(
         self,
@@ -477,11 +557,17 @@ class TAPIR(nn.Module):
             grid_h, grid_w = grid.shape[2:4]
             scale = torch.tensor([grid_h / init_h, grid_w / init_w], device=points.device)
             centre_yx = points.flip(-1) * scale
+            if state is None:
+                feats = query[:, :, None].expand(-1, -1, points.shape[2], -1)
+            else:
+                feats = state[..., :_HIRES_DIM] if idx == 0 else state[..., _HIRES_DIM:]
+            if self.fused_refinement:
+                corrs.append(_window_correlation(grid, centre_yx, feats))
+                continue
             patch = _sample_patches(grid, centre_yx[..., None, :] + offsets)
             if state is None:
                 corrs.append(torch.einsum("bntsc,bnc->bnts", patch, query))
             else:
-                feats = state[..., :_HIRES_DIM] if idx == 0 else state[..., _HIRES_DIM:]
                 corrs.append(torch.einsum("bntsc,bntc->bnts", patch, feats))
         if state is None:
             state = torch.cat(queries[:2], dim=-1)[:, :, None].expand(-1, -1, points.shape[2], -1)

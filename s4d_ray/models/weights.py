@@ -52,3 +52,19 @@ def cached_path(uri: str) -> Path:
         except FileNotFoundError as e:
             raise CheckpointError(f"checkpoint {uri!r} not found") from e
     return target
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def weights_version(uri: str) -> dict[str, object]:
+    """What identifies the checkpoint at `uri` in an output's provenance: its URI, size in
+    bytes and the sha256 of its bytes (of the local file, or of the cached copy of a remote
+    one; remembered per process, keyed by path, size and mtime; ~0.5 s per 200 MB)."""
+    path = cached_path(uri)
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        with open(path, "rb") as f:
+            _DIGESTS[key] = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"weights_uri": uri, "weights_bytes": stat.st_size, "weights_sha256": _DIGESTS[key]}

@@ -144,12 +144,16 @@ def match_eyes(
     back, ok_b, _ = cv2.calcOpticalFlowPyrLK(right, left, fwd, corners.copy(), **LK_PARAMS)
     err = np.linalg.norm((back - corners).reshape(-1, 2), axis=1)
     ok = (ok_f.ravel() == 1) & (ok_b.ravel() == 1) & (err < config.fb_threshold_px)
-    return corners.reshape(-1, 2)[ok].astype(np.float64), fwd.reshape(-1, 2)[ok].astype(
-        np.float64
-    ), len(corners)
+    return (
+        corners.reshape(-1, 2)[ok].astype(np.float64),
+        fwd.reshape(-1, 2)[ok].astype(np.float64),
+        len(corners),
+    )
 
 
-def _eye_mask(eye_hw: tuple[int, int], fov_bounds: np.ndarray, config: CalibrationConfig) -> np.ndarray:
+def _eye_mask(
+    eye_hw: tuple[int, int], fov_bounds: np.ndarray, config: CalibrationConfig
+) -> np.ndarray:
     yaw0, yaw1, tilt0, tilt1 = np.asarray(fov_bounds, np.float64)
     lon = np.linspace(yaw0, yaw1, eye_hw[1])
     lat = np.linspace(tilt0, tilt1, eye_hw[0])
@@ -312,7 +316,10 @@ def calibrate_frames(
     relative = relative_rotation_deg(rotations)
     after = vertical_disparity_px(frames, rotations, fov, corners=1000)
     median_after = float(np.median(after)) if after.size else float("nan")
-    if relative > config.max_relative_rotation_deg or not median_after <= config.max_median_vertical_px:
+    if (
+        relative > config.max_relative_rotation_deg
+        or not median_after <= config.max_median_vertical_px
+    ):
         raise StageError(
             video_id,
             STAGE,

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from s4d_ray.errors import StageError, VideoError
-from s4d_ray.io import fs
+from s4d_ray.io.video import open_video_stream
 
 STAGE = "clips"
 
@@ -86,28 +86,12 @@ class ClipSpan:
         return int(self.timestamps[0])
 
 
-def _open(uri: str):
-    if fs.is_local(uri):
-        return av.open(uri.removeprefix("file://"))
-    fsys, path = fs.filesystem(uri)
-    return av.open(fsys.open(path, "rb"))
-
-
 def iter_video_frames(
     uri: str, video_id: str = "", stage: str = STAGE
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (timestamp µs, RGB frame [H,W,3] uint8) for every frame of `uri`, in order."""
     label = video_id or uri
-    try:
-        container = _open(uri)
-    except (av.FFmpegError, OSError) as e:
-        raise VideoError(label, stage, f"cannot open video {uri!r}: {e}") from e
-    with container:
-        try:
-            stream = container.streams.video[0]
-        except IndexError:
-            raise VideoError(label, stage, f"no video stream in {uri!r}") from None
-        stream.thread_type = "AUTO"
+    with open_video_stream(uri, label, stage) as (container, stream):
         base = stream.time_base
         try:
             for frame in container.decode(stream):

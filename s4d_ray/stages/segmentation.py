@@ -1,4 +1,4 @@
-"""Stage 4a: ADE20K semantic labels per frame for the drift filter, one contract per backend.
+"""The segmentation stage: ADE20K semantic labels per frame for the drift filter, one contract per backend.
 
 `Segmenter(...).segment(frames [T,H,W,3] uint8 RGB) -> labels [T,H,W] uint8` (0 = background,
 1..150 ADE20K classes, `LABEL_NAMES`), or None when segmentation is disabled. Built once per Ray
@@ -8,11 +8,13 @@ Backends:
 - `neural`: DeepLabv3+ Xception-65 trained on ADE20K, the official frozen graph
   (`s4d_ray.models.deeplab`), run as Stereo4D runs it (long side 513, labels resized back with
   nearest); fp32, or bf16 / fp16 autocast on GPU.
-- `cpu`: no segmentation. `segment` returns None, `enabled` is False and `metadata()` says the
-  drift filter is off, so outputs record that sky/boundary/drift filtering was skipped.
+- `cpu`: no segmentation. `segment` returns None, `enabled` is False and `provenance()` says
+  the drift filter is off, so outputs record that sky/boundary/drift filtering was skipped.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +27,7 @@ DISABLED_NOTE = "disabled (cpu backend): drift filter off"
 
 
 class Segmenter:
-    """Stage 4a callable: built once per Ray actor, `segment` applied to one clip per call.
+    """The segmentation stage's callable: built once per Ray actor, `segment` applied to one clip per call.
 
     backend 'neural' loads the DeepLab checkpoint at `weights_uri` (release tarball, its
     frozen .pb, or a converted safetensors; any fsspec URI) onto `device`; `batch_size` frames
@@ -55,6 +57,7 @@ class Segmenter:
         self.batch_size = batch_size
         self.weights_uri = weights_uri
         self.model = None
+        self._provenance: dict[str, Any] | None = None
         if backend == "cpu":
             if device != "cpu" or precision != "fp32":
                 raise ValueError("the cpu backend runs on device 'cpu' in precision 'fp32'")
@@ -72,16 +75,37 @@ class Segmenter:
         """Whether `segment` produces labels (False: the drift filter must be skipped)."""
         return self.model is not None
 
-    def metadata(self) -> dict[str, str]:
-        """What produced the labels, for the clip's output record."""
+    def provenance(self) -> dict[str, Any]:
+        """What produces this stage's output, for every clip's metadata: backend, model name,
+        its config, weights (URI, bytes, sha256; None without weights) and precision."""
         if not self.enabled:
-            return {"segmentation": DISABLED_NOTE}
-        return {
-            "segmentation": "deeplabv3plus_xception65_ade20k",
-            "segmentation_weights": str(self.weights_uri),
-            "segmentation_precision": self.precision,
-            "segmentation_output_stride": str(self.model.config.output_stride),
-        }
+            return {
+                "backend": self.backend,
+                "model": None,
+                "note": DISABLED_NOTE,
+                "weights_uri": None,
+                "precision": self.precision,
+            }
+        if self._provenance is None:
+            import torch
+
+            from s4d_ray.models.weights import weights_version
+
+            config = self.model.config
+            self._provenance = {
+                "backend": self.backend,
+                "model": "deeplabv3plus_xception65_ade20k",
+                "library": f"torch {torch.__version__}",
+                "config": {
+                    "output_stride": config.output_stride,
+                    "atrous_rates": list(config.atrous_rates),
+                    "num_classes": config.num_classes,
+                    "input_size": self.input_size,
+                },
+                **weights_version(str(self.weights_uri)),
+                "precision": self.precision,
+            }
+        return dict(self._provenance)
 
     def segment(self, frames: np.ndarray) -> np.ndarray | None:
         """ADE20K labels [T,H,W] uint8 of frames [T,H,W,3] uint8 RGB; None when disabled."""

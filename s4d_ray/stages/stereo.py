@@ -1,4 +1,4 @@
-"""Stage 2: stereo flow of rectified pairs, one contract for every backend.
+"""The stereo stage: stereo flow of rectified pairs, one contract for every backend.
 
 `StereoMatcher(backend, **options)(left, right) -> (flow_fwd, flow_bwd)`, frames [T,H,W,3] uint8
 RGB of the rectified left and right eye, flows [T,H,W,2] float32 px (x, y):
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -91,10 +91,24 @@ class SGBMStereo:
             speckleRange=speckle_range,
             mode=cv2.STEREO_SGBM_MODE_SGBM_3WAY,
         )
-        self.version = (
-            f"opencv-{cv2.__version__}-sgbm3way-d{num_disparities}-b{block_size}"
-            f"-u{uniqueness_ratio}-s{speckle_window_size}x{speckle_range}-m{median_size}"
-        )
+        self.settings = {
+            "num_disparities": num_disparities,
+            "block_size": block_size,
+            "uniqueness_ratio": uniqueness_ratio,
+            "speckle_window_size": speckle_window_size,
+            "speckle_range": speckle_range,
+            "median_size": median_size,
+        }
+
+    def provenance(self) -> dict[str, Any]:
+        """The matcher and its settings (no weights)."""
+        return {
+            "model": "opencv-sgbm-3way",
+            "library": f"opencv {cv2.__version__}",
+            "config": dict(self.settings),
+            "weights_uri": None,
+            "precision": "fp32",
+        }
 
     def _disparity(self, reference: np.ndarray, other: np.ndarray) -> np.ndarray:
         """Disparity [H,W] float32 px of `reference` (matches `other` at x − d); NaN: no match.
@@ -201,12 +215,27 @@ class SEARAFTStereo:
         from s4d_ray.models.sea_raft import DEFAULT_URI, load_sea_raft
 
         check_precision(precision)
-        weights_uri = weights_uri or DEFAULT_URI
+        self.weights_uri = weights_uri or DEFAULT_URI
         self.device = torch.device(device)
-        self.model = load_sea_raft(weights_uri, config).to(self.device)
+        self.model = load_sea_raft(self.weights_uri, config).to(self.device)
         self.precision = precision
         self.batch_size = batch_size
-        self.version = f"sea-raft-{weights_uri}-iters{self.model.config.iters}-{precision}"
+
+    def provenance(self) -> dict[str, Any]:
+        """SEA-RAFT, its config, the checkpoint (URI, size, sha256) and the precision."""
+        import dataclasses
+
+        import torch
+
+        from s4d_ray.models.weights import weights_version
+
+        return {
+            "model": "sea-raft",
+            "library": f"torch {torch.__version__}",
+            "config": {**dataclasses.asdict(self.model.config), "scale": NEURAL_SCALE},
+            **weights_version(self.weights_uri),
+            "precision": self.precision,
+        }
 
     def _flow(self, image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
 
@@ -258,11 +287,11 @@ class SEARAFTStereo:
 
 
 class StereoMatcher:
-    """Stage 2 callable, built once (e.g. per Ray actor) and applied to one clip per call.
+    """The stereo stage's callable, built once (e.g. per Ray actor) and applied to one clip per call.
 
     backend 'cpu': `SGBMStereo` options (num_disparities, block_size, ...); backend 'neural':
     `SEARAFTStereo` options (weights_uri — default the official spring-M file —, config,
-    device, precision, batch_size). `version` names the backend and its settings.
+    device, precision, batch_size). `provenance()` says what produces the flow.
     """
 
     def __init__(self, backend: str = "cpu", **options: object) -> None:
@@ -272,15 +301,15 @@ class StereoMatcher:
         self.backend: SGBMStereo | SEARAFTStereo = (
             SGBMStereo(**options) if backend == "cpu" else SEARAFTStereo(**options)
         )
-        self.version = self.backend.version
+        self._provenance: dict[str, Any] | None = None
+
+    def provenance(self) -> dict[str, Any]:
+        """What produces this stage's output, for every clip's metadata: backend, model name,
+        its config, weights (URI, bytes, sha256; None without weights) and precision."""
+        if self._provenance is None:
+            self._provenance = {"backend": self.backend_name, **self.backend.provenance()}
+        return dict(self._provenance)
 
     def __call__(self, left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(flow_fwd left→right, flow_bwd right→left) [T,H,W,2] float32 px of [T,H,W,3] uint8."""
         return self.backend(left, right)
-
-
-def disparity(
-    left: np.ndarray, right: np.ndarray, backend: str = "cpu", **options: object
-) -> tuple[np.ndarray, np.ndarray]:
-    """One-shot `StereoMatcher(backend, **options)(left, right)`: (flow_fwd, flow_bwd) px."""
-    return StereoMatcher(backend, **options)(left, right)

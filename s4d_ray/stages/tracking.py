@@ -1,4 +1,4 @@
-"""Stage 3: dense 2D tracks of a pruned, jittered query grid, one contract for every backend.
+"""The tracking stage: dense 2D tracks of a pruned, jittered query grid, one contract for every backend.
 
 `Tracker(...)(frames [T,H,W,3] uint8) -> Tracks2D(tracks [N,T,2] px (x,y), visible [N,T] bool,
 query_frame [N] int)`. A query grid is laid on every `query_frame_interval`-th frame, queries
@@ -18,13 +18,13 @@ Backends:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import cv2
 import numpy as np
 
-from s4d_ray.models.device import autocast, check_precision
-from s4d_ray.track.queries import TrackFn, track_with_pruning
+from s4d_ray.models.device import autocast, autocast_dtype, check_precision
+from s4d_ray.track.queries import SkipFn, TrackFn, track_with_pruning
 
 if TYPE_CHECKING:
     import torch
@@ -37,7 +37,7 @@ points (512x512, 100 frames: ~35k tracks at ~1 frame/s on one busy core)."""
 
 
 class Tracks2D(NamedTuple):
-    """Stage 3 output. Rows are grouped by query frame (ascending), grid order within a frame."""
+    """The tracking stage's output. Rows are grouped by query frame (ascending), grid order within a frame."""
 
     tracks: np.ndarray
     """[N,T,2] float32 px (x, y); where not visible, the backend's last estimate."""
@@ -81,6 +81,22 @@ class LucasKanadeBackend:
         self.min_step_ncc = min_step_ncc
         self.ncc_radius = ncc_radius
         self._criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 20, 0.01)
+
+    def provenance(self) -> dict[str, Any]:
+        """The tracker and its settings (no weights)."""
+        return {
+            "model": "opencv-lucas-kanade",
+            "library": f"opencv {cv2.__version__}",
+            "config": {
+                "window": self.window,
+                "pyramid_levels": self.pyramid_levels,
+                "fb_threshold": self.fb_threshold,
+                "min_step_ncc": self.min_step_ncc,
+                "ncc_radius": self.ncc_radius,
+            },
+            "weights_uri": None,
+            "precision": "fp32",
+        }
 
     def bind(self, frames: np.ndarray) -> TrackFn:
         """Track function over one clip, frames [T,H,W,3] uint8 RGB."""
@@ -197,10 +213,12 @@ class TapirBackend:
         precision: str = "fp32",
         query_chunk_size: int | None = None,
         resolution: int = 512,
+        weights_uri: str | None = None,
     ) -> None:
         import torch
 
         check_precision(precision)
+        self.weights_uri = weights_uri
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.precision = precision
@@ -209,6 +227,29 @@ class TapirBackend:
 
     def _autocast(self):
         return autocast(self.device.type, self.precision)
+
+    def provenance(self) -> dict[str, Any]:
+        """BootsTAP, its settings, the checkpoint (URI, size, sha256) and the precision."""
+        import torch
+
+        from s4d_ray.models.weights import weights_version
+
+        model = self.model
+        return {
+            "model": "bootstap-tapir",
+            "library": f"torch {torch.__version__}",
+            "config": {
+                "resolution": self.resolution,
+                "pyramid_level": model.pyramid_level,
+                "extra_convs": model.extra_convs is not None,
+                "softmax_temperature": model.softmax_temperature,
+                "num_pips_iter": model.num_pips_iter,
+                "initial_resolution": list(model.initial_resolution),
+                "fused_refinement": model.fused_refinement,
+            },
+            **(weights_version(self.weights_uri) if self.weights_uri else {"weights_uri": None}),
+            "precision": self.precision,
+        }
 
     def bind(self, frames: np.ndarray) -> TrackFn:
         """Track function over one clip, frames [T,H,W,3] uint8 RGB; computes the features now."""
@@ -229,6 +270,9 @@ class TapirBackend:
         with torch.inference_mode(), self._autocast():
             grids = self.model.get_feature_grids(video)
         del video
+        compute_dtype = autocast_dtype(self.precision)
+        if compute_dtype is not None:
+            grids = grids.cast(compute_dtype)  # once per clip, not per chunk and pass
         chunk = self.query_chunk_size
         if chunk is None:
             chunk = 64
@@ -254,16 +298,19 @@ class TapirBackend:
 
 
 class Tracker:
-    """Stage 3 callable, built once per Ray actor and applied to one clip per call.
+    """The tracking stage's callable, built once per Ray actor and applied to one clip per call.
 
     backend: 'neural' (BootsTAP checkpoint at `weights_uri`, any fsspec URI, on `device` with
     `precision`) or 'cpu' (Lucas-Kanade, no weights). query_stride None = the backend default
     (`DEFAULT_QUERY_STRIDE`). query_chunk_size None = fitted to free GPU memory (64 on CPU).
     `resolution` is the neural backend's square input size (BootsTAP: 512). `seed` fixes the
     query-grid jitter; a call may pass its own (e.g. derived from the clip id).
+    `skip_sky_queries`: the engine leaves out queries on sky at their query frame when the
+    clip has labels (the drift filter drops those tracks; see `engine.clip_stages.track_points`).
+    `fused_refinement` (neural): BootsTAP's fused refinement (`TAPIR.set_fused_refinement`).
     """
 
-    NEURAL_ONLY = frozenset({"weights_uri", "query_chunk_size", "resolution"})
+    NEURAL_ONLY = frozenset({"weights_uri", "query_chunk_size", "resolution", "fused_refinement"})
     """Options that mean nothing to the cpu backend (the engine's config rejects them there)."""
 
     def __init__(
@@ -278,6 +325,8 @@ class Tracker:
         prune_radius: float = 1.0,
         resolution: int = 512,
         seed: int = 0,
+        skip_sky_queries: bool = True,
+        fused_refinement: bool = True,
     ) -> None:
         if backend not in DEFAULT_QUERY_STRIDE:
             raise ValueError(
@@ -287,6 +336,7 @@ class Tracker:
         self.query_frame_interval = query_frame_interval
         self.prune_radius = prune_radius
         self.seed = seed
+        self.skip_sky_queries = skip_sky_queries
         if backend == "cpu":
             if device != "cpu" or precision != "fp32":
                 raise ValueError("the cpu backend runs on device 'cpu' in precision 'fp32'")
@@ -297,11 +347,42 @@ class Tracker:
             from s4d_ray.models.tapir import load_bootstap
 
             self.backend = TapirBackend(
-                load_bootstap(weights_uri), device, precision, query_chunk_size, resolution
+                load_bootstap(weights_uri).set_fused_refinement(fused_refinement),
+                device,
+                precision,
+                query_chunk_size,
+                resolution,
+                weights_uri,
             )
+        self.backend_name = backend
+        self._provenance: dict[str, Any] | None = None
 
-    def __call__(self, frames: np.ndarray, seed: int | None = None) -> Tracks2D:
-        """Tracks of one clip, frames [T,H,W,3] uint8 RGB."""
+    def provenance(self) -> dict[str, Any]:
+        """What produces this stage's output, for every clip's metadata: backend, model name,
+        its config (with the query grid), weights (URI, bytes, sha256; None without weights)
+        and precision."""
+        if self._provenance is None:
+            provenance = {"backend": self.backend_name, **self.backend.provenance()}
+            provenance["config"] = {
+                **provenance["config"],
+                "query_stride": self.query_stride,
+                "query_frame_interval": self.query_frame_interval,
+                "prune_radius": self.prune_radius,
+                "skip_sky_queries": self.skip_sky_queries,
+            }
+            self._provenance = provenance
+        return dict(self._provenance)
+
+    def __call__(
+        self,
+        frames: np.ndarray,
+        seed: int | None = None,
+        skip_fn: SkipFn | None = None,
+        counts: dict[str, int] | None = None,
+    ) -> Tracks2D:
+        """Tracks of one clip, frames [T,H,W,3] uint8 RGB. `skip_fn` leaves out queries whose
+        tracks a filter surely drops; `counts` receives the query bookkeeping (both as in
+        `track_with_pruning`)."""
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"frames must be [T,H,W,3] uint8, got {frames.shape} {frames.dtype}")
         num_frames, height, width = frames.shape[:3]
@@ -315,5 +396,7 @@ class Tracker:
             frame_interval=self.query_frame_interval,
             radius=self.prune_radius,
             rng=rng,
+            skip_fn=skip_fn,
+            counts=counts,
         )
         return Tracks2D(tracks, visible, query_frame)

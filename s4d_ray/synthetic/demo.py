@@ -4,7 +4,12 @@
 2. runs the whole pipeline on them on a local Ray cluster with the CPU backends,
 3. prints the run summary and the accuracy against ground truth (median 3D track error in cm,
    fraction of tracks kept),
-4. saves a picture: a rectified frame with the output 3D tracks projected into it.
+4. prints the accuracy by true depth band (< 2, 2-5, 5-10, 10-20 m) beside the depth error
+   that stereo alone implies for a stated disparity error (δz = z²·δd/(f·b)),
+5. saves a picture (a rectified frame with the output 3D tracks, a depth colour bar and a
+   metric scale), rewrites the run report with the accuracy (output/report.html) and writes a
+   Rerun recording of the first clip (output/<clip>.rrd; open with `.venv/bin/rerun`), with
+   the frames and depth maps of the run's dense outputs (output/dense/).
 
 Errors are medians over stored track points against the exact synthetic trajectories; far
 static points dominate them (stereo depth error grows with distance²), so the relative depth
@@ -14,6 +19,7 @@ error is printed too.
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import json
 import logging
@@ -28,22 +34,31 @@ from s4d_ray.geometry.camera import RECTIFIED_HFOV_DEG, intrinsics, project_poin
 from s4d_ray.geometry.rectify import LowResolutionWarning, iter_rectified
 from s4d_ray.io import fs
 from s4d_ray.io.clip_io import ClipRecord, read_clip
-from s4d_ray.synthetic.evaluate import evaluate_clip
+from s4d_ray.synthetic.evaluate import (
+    DISPARITY_ERRORS_PX,
+    banded_errors,
+    concat_point_errors,
+    evaluate_clip,
+    format_band_table,
+    point_errors,
+)
 from s4d_ray.synthetic.synth import SynthConfig, load_ground_truth, synth_dataset
+from s4d_ray.viz.colours import DEPTH_COLORMAP, DEPTH_TICKS_M, depth_colours, depth_norm
+from s4d_ray.viz.report import write_report
+from s4d_ray.viz.rerun_view import write_recording
 
 
 def draw_tracks(image: np.ndarray, record: ClipRecord, frame: int, trail: int = 8) -> np.ndarray:
-    """`image [S,S,3]` with the clip's 3D tracks projected at `frame`, coloured by depth
-    (near = red, far = blue), each with a trail over its previous `trail` frames."""
+    """`image [S,S,3]` with the clip's 3D tracks projected at `frame`, coloured by depth on the
+    shared log scale (`s4d_ray.viz.colours`: 1-20 m, near red, far blue), each with a trail
+    over its previous `trail` frames."""
     out = image.copy()
     dense = record.dense_tracks()
     w2c = record.world2camera()[frame]
     k = intrinsics(image.shape[1], image.shape[0], RECTIFIED_HFOV_DEG)
     here = np.isfinite(dense[:, frame, 0])
     px, z = project_points(dense[here, frame], w2c, k)
-    colours = cv2.applyColorMap(
-        np.clip(255 - 255 * (z - 1.0) / 15.0, 0, 255).astype(np.uint8)[:, None], cv2.COLORMAP_JET
-    )[:, 0, ::-1]
+    colours = depth_colours(z)
     history = dense[here, max(0, frame - trail) : frame + 1]
     for points, colour in zip(history, colours, strict=True):
         ok = np.isfinite(points[:, 0])
@@ -62,6 +77,51 @@ def draw_tracks(image: np.ndarray, record: ClipRecord, frame: int, trail: int = 
     return out
 
 
+def preview_png(left: np.ndarray, record: ClipRecord, frame: int) -> bytes:
+    """The preview picture (PNG bytes): the frame, the frame with tracks, a depth colour bar
+    (m, log scale) and a 1 m scale bar at 2 m and 5 m depth in the image."""
+    from matplotlib import patheffects
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11.5, 5.4))
+    ax_frame, ax_tracks = fig.subplots(1, 2)
+    ax_frame.imshow(left)
+    ax_frame.set_title(f"{record.name}: rectified left frame {frame}", fontsize=9)
+    ax_tracks.imshow(draw_tracks(left, record, frame))
+    shown = int(np.isfinite(record.dense_tracks()[:, frame, 0]).sum())
+    ax_tracks.set_title(f"{shown} 3D tracks at this frame, trails of 8 frames", fontsize=9)
+    focal = intrinsics(left.shape[1], left.shape[0], RECTIFIED_HFOV_DEG)[0, 0]
+    for ax in (ax_frame, ax_tracks):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    outline = [patheffects.withStroke(linewidth=2.5, foreground="black")]
+    for row, depth_m in enumerate((2.0, 5.0)):  # how long 1 m looks at that depth
+        length = focal / depth_m
+        y = left.shape[0] - 14 - 20 * row
+        ax_tracks.plot([10, 10 + length], [y, y], color="white", lw=2.5, path_effects=outline)
+        ax_tracks.text(
+            14 + length,
+            y,
+            f"1 m at {depth_m:g} m depth",
+            color="white",
+            fontsize=8,
+            va="center",
+            path_effects=outline,
+        )
+    bar = fig.colorbar(
+        ScalarMappable(norm=depth_norm(), cmap=DEPTH_COLORMAP),
+        ax=[ax_frame, ax_tracks],
+        fraction=0.025,
+        pad=0.01,
+    )
+    bar.set_ticks(list(DEPTH_TICKS_M), labels=[f"{t:g}" for t in DEPTH_TICKS_M])
+    bar.set_label("depth in this camera (m, log scale)")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
+
+
 def save_picture(data: str, output: str, clip_id: str) -> str:
     """`<output>/preview_<clip>.png`: the rectified left frame mid-clip with the 3D tracks."""
     record = read_clip(fs.join(output, "npz", f"{clip_id}.npz"))
@@ -69,12 +129,8 @@ def save_picture(data: str, output: str, clip_id: str) -> str:
     frame = record.num_frames // 2
     rectified = iter_rectified(source, fs.join(data, "raw", f"{source.video_id}.mp4"))
     left, _ = next(itertools.islice(rectified, frame, None))  # decodes no further than `frame`
-    panel = np.concatenate([left, draw_tracks(left, record, frame)], axis=1)
-    ok, png = cv2.imencode(".png", panel[..., ::-1])
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
     path = fs.join(output, f"preview_{clip_id}.png")
-    fs.write_bytes(path, png.tobytes())
+    fs.write_bytes(path, preview_png(left, record, frame))
     return path
 
 
@@ -102,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     from s4d_ray.engine.pipeline import run_pipeline
 
     summary = run_pipeline(
-        fs.join(data, "npz"), output, PipelineConfig(), videos=fs.join(data, "raw")
+        fs.join(data, "npz"),
+        output,
+        PipelineConfig(dense=True),  # frames + depth for the 4D recording (output/dense/)
+        videos=fs.join(data, "raw"),
     )
     printable = {k: v for k, v in summary.__dict__.items() if k != "config"}
     print("summary:", json.dumps(printable, indent=2, sort_keys=True))
@@ -111,12 +170,24 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{'clip':<22}{'tracks':>8}{'kept':>7}{'3D err cm':>11}{'static':>9}{'moving':>9}"
         f"{'depth err':>11}"
     )
+    errors, per_clip = [], []
     for clip_id in clip_ids:
         npz = fs.join(output, "npz", f"{clip_id}.npz")
         if not fs.exists(npz):
             print(f"{clip_id:<22} failed (see {output}/failures)")
             continue
-        scores = evaluate_clip(read_clip(npz), load_ground_truth(data, clip_id))
+        record = read_clip(npz)
+        points = point_errors(record, load_ground_truth(data, clip_id))
+        scores = evaluate_clip(record, errors=points)
+        errors.append(points)
+        per_clip.append(
+            {
+                "clip": clip_id,
+                "points": scores["points"],
+                "median_error_cm": scores["median_error_cm"],
+                "median_relative_depth_error": scores["median_relative_depth_error"],
+            }
+        )
         print(
             f"{clip_id:<22}{scores['tracks']:>8}{scores['fraction_kept']:>7.2f}"
             f"{scores['median_error_cm']:>11.1f}{scores['median_error_static_cm']:>9.1f}"
@@ -124,8 +195,23 @@ def main(argv: list[str] | None = None) -> int:
             f"{scores['median_relative_depth_error']:>10.1%}"
         )
     done = [c for c in clip_ids if fs.exists(fs.join(output, "npz", f"{c}.npz"))]
+    if errors:
+        bands = banded_errors(concat_point_errors(errors))
+        print("\naccuracy by true depth band, all clips, beside the stereo limit:\n")
+        print(format_band_table(bands))
+        accuracy = {
+            "bands": bands,
+            "per_clip": per_clip,
+            "disparity_errors_px": list(DISPARITY_ERRORS_PX),
+        }
+        print(f"\nreport: {write_report(output, accuracy=accuracy)}")
     if done:
-        print(f"\npicture: {save_picture(data, output, done[0])}")
+        print(f"picture: {save_picture(data, output, done[0])}")
+        recording = fs.join(output, f"{done[0]}.rrd")
+        write_recording(
+            fs.join(output, "npz", f"{done[0]}.npz"), recording, videos=fs.join(data, "raw")
+        )
+        print(f"4D viewer: {recording}   (open with: .venv/bin/rerun {recording})")
     print(f"outputs: {output}/npz, {output}/parquet, {output}/summary.json")
     return 0 if done else 1
 

@@ -29,8 +29,3 @@ STATIC_LABELS = tuple(sorted(LABEL_NAMES.index(name) for name in STATIC_LABEL_NA
 """(1, 2, 7, 12, 14): wall, building, road, sidewalk, earth."""
 SKY_LABELS = tuple(LABEL_NAMES.index(name) for name in SKY_LABEL_NAMES)
 """(3,): sky."""
-
-
-def label_id(name: str) -> int:
-    """ADE20K id of a class by its (first-word) name, e.g. `label_id("sky") == 3`."""
-    return LABEL_NAMES.index(name)

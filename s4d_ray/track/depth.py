@@ -1,4 +1,4 @@
-"""Stage 2 (CPU part): metric depth of the rectified left eye from stereo flow.
+"""The stereo stage's CPU part: metric depth of the rectified left eye from stereo flow.
 
 Follows the Stereo4D reference (`segmentation.load_rgbd_cam_from_pkl`, `utils.flow_to_depth`,
 `utils.inverse_warp`): disparity = max(-flow_fwd_x, 0); depth = fx·baseline / disparity with

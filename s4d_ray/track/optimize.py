@@ -1,4 +1,4 @@
-"""Stage 6: track optimisation (Stereo4D paper Eqn 5), batched in JAX across tracks and clips.
+"""The optimize stage: track optimisation (Stereo4D paper Eqn 5), batched in JAX across tracks and clips.
 
 Each track gets one scalar offset d_t per frame that moves its 3D point along the camera ray,
 P'_t = P_t + d_t (P_t - C_t)/|P_t - C_t|. Per track the loss is
@@ -29,9 +29,11 @@ sum_ij m_i m_j |q_i - q_j|^2 = 2M sum_i m_i |q_i - mean_m q|^2 (O(T) per track i
 O(T^2), on centred points), the dynamic term is expanded into per-frame constants, the motion
 weight is computed once per track instead of every step, and the 100 steps run inside one
 `lax.scan`. Adam magnifies float32 rounding to ~1e-3 m on rare frames; this formulation stays
-closer to a float64 run of the reference than the float32 reference does. Frames are padded
-to a few bucket lengths and tracks to one chunk size per bucket, so a process compiles one
-program per bucket and reuses it across clips; padding does not change results.
+closer to a float64 run of the reference than the float32 reference does. Each track is
+optimised over its span only (first to last mask frame, `track_spans`: the same loss terms),
+spans are padded to a few bucket lengths and tracks to one chunk size per bucket, so a process
+compiles one program per bucket and reuses it across clips, and JAX's persistent compilation
+cache (`jax_cache`) reuses it across processes; padding does not change results.
 """
 
 from __future__ import annotations
@@ -45,12 +47,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from s4d_ray.track.jax_cache import enable_compilation_cache
+
 FRAME_BUCKETS = (32, 64, 128, 200, 256)
 """Padded clip lengths; longer clips round up to a multiple of `LONG_CLIP_FRAME_STEP`."""
 LONG_CLIP_FRAME_STEP = 128
-CPU_CHUNK_ELEMENTS = 1 << 13
+CPU_CHUNK_ELEMENTS = 1 << 12
 """Tracks x padded frames per jitted call on CPU: small enough for the ~40 live [N,T] planes
-of a step to stay in cache (measured ~2x faster per track than 1 << 16 and above)."""
+of a step to stay in cache (1 << 12 measured 1.37x faster per track than 1 << 13, which was
+~2x faster than 1 << 16 and above)."""
 ACCELERATOR_CHUNK_ELEMENTS = 1 << 21
 """Tracks x padded frames per jitted call on GPU/TPU: ~0.5 GB of working memory."""
 MIN_CHUNK_TRACKS = 8
@@ -231,7 +236,84 @@ def track_losses(offsets: jax.Array, inputs: LossInputs, settings: OptimizerSett
     return (1 - motion_weight) * static + motion_weight * dynamic + regularization
 
 
-@partial(jax.jit, static_argnames="settings")
+def _shift_clamped_adjoint(values: jax.Array, step: int) -> jax.Array:
+    """Transpose of `_shift_clamped(., step)` along axis 1: each output frame receives the sum
+    of the input frames whose clamped source it is."""
+    length = values.shape[1]
+    total = jnp.sum(values, axis=1, keepdims=True)
+    zeros = jnp.zeros_like(values)
+    if abs(step) >= length:  # every frame read the edge
+        edge = -1 if step > 0 else 0
+        return zeros.at[:, edge].set(total[:, 0])
+    if step > 0:  # out[j] = v[j - step] for step <= j < T-1; out[T-1] = sum v[T-1-step:]
+        tail = jnp.sum(values[:, length - 1 - step :], axis=1, keepdims=True)
+        return jnp.concatenate([zeros[:, :step], values[:, : length - 1 - step], tail], axis=1)
+    step = -step  # out[j] = v[j + step] for 0 < j <= T-1-step; out[0] = sum v[:step+1]
+    head = jnp.sum(values[:, : step + 1], axis=1, keepdims=True)
+    return jnp.concatenate([head, values[:, step + 1 :], zeros[:, :step]], axis=1)
+
+
+def track_gradients(
+    offsets: jax.Array, inputs: LossInputs, settings: OptimizerSettings
+) -> jax.Array:
+    """Gradient `[N,T]` of `sum(track_losses(offsets, ...))` with respect to `offsets`, written
+    out by hand (one pass, no loss value, no autodiff tape): what each Adam step needs.
+
+    Static: d spread / d d_t = 2 w_t (P'_t - centroid) . r_t (the centroid's own term vanishes:
+    the weighted deviations sum to zero), d mean|P'| / d d_t = w_t (a_t + d_t)/|P'_t| / M.
+    Dynamic: the second differences are linear in the held offsets; their transposes scatter
+    back through the clamped shifts (`_shift_clamped_adjoint`) and the held last frame.
+    """
+    weight = inputs.frame_weight
+    count = weight.sum(axis=1)
+
+    adjusted_squared_norm = inputs.squared_norm + offsets * (2 * inputs.along_ray + offsets)
+    norm = jnp.sqrt(jnp.where(weight > 0, adjusted_squared_norm, 1.0))
+    mean_norm = jnp.sum(weight * norm, axis=1) / (count + 1e-8)
+    moved = inputs.centred_points + offsets * inputs.ray_unit
+    centroid = jnp.sum(weight * moved, axis=2) / jnp.maximum(count, 1.0)
+    deviation = moved - centroid[..., None]
+    spread = jnp.sum(weight * jnp.sum(deviation**2, axis=0), axis=1)
+    scale = settings.w_static * count / jnp.maximum(count * count, 1.0)
+    denominator = mean_norm + 1e-5
+    d_spread = 2 * weight * jnp.sum(deviation * inputs.ray_unit, axis=0)
+    d_mean_norm = weight * (inputs.along_ray + offsets) / norm / (count + 1e-8)[:, None]
+    static = (scale / denominator**2)[:, None] * d_spread - (2 * scale * spread / denominator**3)[
+        :, None
+    ] * d_mean_norm
+
+    last_offset = jnp.take_along_axis(offsets, inputs.last_frame[:, None], axis=1)
+    held = jnp.where(inputs.real_frame, offsets, last_offset)
+    d_held = jnp.zeros_like(offsets)
+    for index, step in enumerate(SECOND_DIFFERENCE_STEPS):
+        along_ray = (
+            inputs.second_difference[index]
+            + inputs.ahead_cosine[index] * _shift_clamped(held, step)
+            - 2 * held
+            + inputs.behind_cosine[index] * _shift_clamped(held, -step)
+        )
+        d_along = 2 * settings.w_dynamic * inputs.triple_weight[index] * along_ray
+        d_held = (
+            d_held
+            - 2 * d_along
+            + _shift_clamped_adjoint(inputs.ahead_cosine[index] * d_along, step)
+            + _shift_clamped_adjoint(inputs.behind_cosine[index] * d_along, -step)
+        )
+    held_elsewhere = jnp.sum(jnp.where(inputs.real_frame, 0.0, d_held), axis=1)
+    frames = jnp.arange(offsets.shape[1])[None, :]
+    dynamic = jnp.where(inputs.real_frame, d_held, 0.0) + jnp.where(
+        frames == inputs.last_frame[:, None], held_elsewhere[:, None], 0.0
+    )
+
+    shifted_length = offsets + inputs.ray_length + 1e-8
+    inverse_change = 1 / shifted_length - 1 / (inputs.ray_length + 1e-8)
+    regularization = -2 * settings.lambda_reg * weight * inverse_change / shifted_length**2
+
+    motion_weight = inputs.motion_weight[:, None]
+    return (1 - motion_weight) * static + motion_weight * dynamic + regularization
+
+
+@partial(jax.jit, static_argnames=("settings", "autodiff"))
 def _optimize_chunk(
     points: jax.Array,
     camera_centers: jax.Array,
@@ -240,17 +322,20 @@ def _optimize_chunk(
     last_frame: jax.Array,
     motion_weight: jax.Array,
     settings: OptimizerSettings,
+    autodiff: bool = False,
 ) -> jax.Array:
-    """Optimised points `[N,T,3]` m for one padded chunk (see `loss_inputs`)."""
+    """Optimised points `[N,T,3]` m for one padded chunk (see `loss_inputs`); the gradient
+    by `track_gradients`, or with `autodiff` by jax.grad of `track_losses` (the former path)."""
     inputs = loss_inputs(points, camera_centers, mask, real_frame, last_frame, motion_weight)
     optimizer = optax.adam(settings.learning_rate)
 
-    def total_loss(offsets: jax.Array) -> jax.Array:
-        return jnp.sum(track_losses(offsets, inputs, settings))
-
     def step(carry, _):
         offsets, state = carry
-        updates, state = optimizer.update(jax.grad(total_loss)(offsets), state)
+        if autodiff:
+            gradient = jax.grad(lambda o: jnp.sum(track_losses(o, inputs, settings)))(offsets)
+        else:
+            gradient = track_gradients(offsets, inputs, settings)
+        updates, state = optimizer.update(gradient, state)
         return (optax.apply_updates(offsets, updates), state), None
 
     offsets = jnp.zeros(mask.shape, jnp.float32)
@@ -288,6 +373,28 @@ class _PreparedClip(NamedTuple):
     camera_centers: np.ndarray  # [T,3] float32
     mask: np.ndarray  # [N,T] bool
     motion_weight: np.ndarray  # [N] float32
+    span_start: np.ndarray  # [N] int, first frame of the track's span (see `track_spans`)
+    span_length: np.ndarray  # [N] int, frames in the span, 0 for a track with an empty mask
+
+
+def track_spans(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per track `[N]`, the frames a track is optimised over: from its first to its last mask
+    frame, plus one masked-out frame on each side that is not a clip end -> (start, length).
+
+    Only mask frames carry loss terms, and a dynamic term couples frames t-D, t, t+D only
+    when all three are mask frames, so cropping a track to its span changes no term: the
+    extra frame makes index clamping at a cropped end land on a zero-weight frame, as the
+    clamping at the clip ends does in the uncropped track. Tracks seen on a fraction of the
+    clip then cost that fraction (the offsets of all other frames stay 0 either way).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    num_frames = mask.shape[1]
+    seen = mask.any(axis=1)
+    first = np.argmax(mask, axis=1)
+    last = num_frames - 1 - np.argmax(mask[:, ::-1], axis=1)
+    start = np.maximum(first - 1, 0)
+    stop = np.minimum(last + 1, num_frames - 1)
+    return np.where(seen, start, 0), np.where(seen, stop - start + 1, 0)
 
 
 def _prepare_clip(
@@ -296,6 +403,7 @@ def _prepare_clip(
     camera_centers: np.ndarray,
     motion: np.ndarray,
     settings: OptimizerSettings,
+    crop_spans: bool = True,
 ) -> _PreparedClip:
     """Check shapes, dilate the visibility, zero points outside the mask, weigh motion."""
     points = np.asarray(points, dtype=np.float32)
@@ -318,28 +426,31 @@ def _prepare_clip(
         raise ValueError("points must be finite at the frames kept by the mask")
     masked_points = np.where(mask[..., None], points, np.float32(0))
     weight = motion_weights(motion, mask, settings.motion_threshold)
-    return _PreparedClip(masked_points, camera_centers, mask, weight)
+    if crop_spans:
+        start, length = track_spans(mask)
+    else:
+        start = np.zeros(num_tracks, np.int64)
+        length = np.where(mask.any(axis=1), num_frames, 0)
+    return _PreparedClip(masked_points, camera_centers, mask, weight, start, length)
 
 
 class _Segment(NamedTuple):
     clip: int
-    first_track: int
-    stop_track: int
+    tracks: np.ndarray  # [r] int, track indices of the clip
     chunk_row: int
 
 
 def _chunk_plan(
-    clip_indices: Sequence[int], clips: Sequence[_PreparedClip], capacity: int
+    members: Sequence[tuple[int, np.ndarray]], capacity: int
 ) -> Iterator[list[_Segment]]:
-    """Split the tracks of `clip_indices` (in order) into chunks of at most `capacity` tracks."""
+    """Split `(clip, track indices)` groups (in order) into chunks of `capacity` tracks."""
     chunk: list[_Segment] = []
     filled = 0
-    for clip_index in clip_indices:
-        num_tracks = len(clips[clip_index].points)
+    for clip_index, tracks in members:
         first = 0
-        while first < num_tracks:
-            stop = min(num_tracks, first + capacity - filled)
-            chunk.append(_Segment(clip_index, first, stop, filled))
+        while first < len(tracks):
+            stop = min(len(tracks), first + capacity - filled)
+            chunk.append(_Segment(clip_index, tracks[first:stop], filled))
             filled += stop - first
             first = stop
             if filled == capacity:
@@ -361,6 +472,8 @@ def optimize_clips(
     dilation_window: int = 5,
     frame_buckets: Sequence[int] = FRAME_BUCKETS,
     max_chunk_elements: int | None = None,
+    crop_spans: bool = True,
+    autodiff: bool = False,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Optimise the tracks of many clips, sharing jitted chunks between clips.
 
@@ -369,7 +482,11 @@ def optimize_clips(
     Returns per clip `(points_opt [N,T,3] float32 m, NaN outside the mask; mask [N,T] bool)`.
     Clips are grouped by padded length (`frame_buckets`), their tracks packed into chunks of
     at most `max_chunk_elements` tracks x frames (default: `default_chunk_elements()`);
-    results do not depend on the packing.
+    results do not depend on the packing. With `crop_spans` (default) each track is optimised
+    over its span only (`track_spans`) and grouped by the span's padded length: the same loss
+    terms, so the same result up to float32 rounding, at a fraction of the work for tracks
+    seen on part of the clip; False pads every track to its clip's length. `autodiff` takes
+    Adam's gradient from jax.grad instead of `track_gradients` (same values, ~2x the work).
     """
     settings = OptimizerSettings(
         w_static=float(w_static),
@@ -380,36 +497,53 @@ def optimize_clips(
         num_steps=int(num_steps),
         dilation_window=int(dilation_window),
     )
-    prepared = [_prepare_clip(*clip, settings) for clip in clips]
+    enable_compilation_cache()
+    prepared = [_prepare_clip(*clip, settings, crop_spans) for clip in clips]
     outputs = [np.full(clip.points.shape, np.nan, np.float32) for clip in prepared]
 
-    by_bucket: dict[int, list[int]] = {}
+    # tracks are grouped by the padded length of their span, not of their clip
+    by_bucket: dict[int, list[tuple[int, np.ndarray]]] = {}
     for clip_index, clip in enumerate(prepared):
-        if clip.points.shape[0] and clip.points.shape[1]:
-            bucket = frame_bucket(clip.points.shape[1], frame_buckets)
-            by_bucket.setdefault(bucket, []).append(clip_index)
+        buckets = np.array([frame_bucket(n, frame_buckets) for n in clip.span_length.tolist()])
+        for bucket in np.unique(buckets[clip.span_length > 0]).tolist():
+            tracks = np.flatnonzero((buckets == bucket) & (clip.span_length > 0))
+            by_bucket.setdefault(bucket, []).append((clip_index, tracks))
 
     budget = max_chunk_elements or default_chunk_elements()
     pending = []
-    for padded_frames, clip_indices in sorted(by_bucket.items()):
+    for padded_frames, members in sorted(by_bucket.items()):
         capacity = chunk_capacity(padded_frames, budget)
-        for segments in _chunk_plan(clip_indices, prepared, capacity):
+        for segments in _chunk_plan(members, capacity):
             arrays = _pack_chunk(segments, prepared, capacity, padded_frames)
-            pending.append((segments, _optimize_chunk(*arrays, settings=settings)))
+            pending.append(
+                (
+                    segments,
+                    padded_frames,
+                    _optimize_chunk(*arrays, settings=settings, autodiff=autodiff),
+                )
+            )
 
-    for segments, optimized in pending:
+    for segments, padded_frames, optimized in pending:
         optimized = np.asarray(optimized)
         for segment in segments:
             clip = prepared[segment.clip]
-            num_frames = clip.points.shape[1]
-            rows = slice(
-                segment.chunk_row, segment.chunk_row + segment.stop_track - segment.first_track
-            )
-            tracks = slice(segment.first_track, segment.stop_track)
-            outputs[segment.clip][tracks] = np.where(
-                clip.mask[tracks, :, None], optimized[rows, :num_frames], np.nan
-            )
+            rows = slice(segment.chunk_row, segment.chunk_row + len(segment.tracks))
+            frame, inside = _span_frames(clip, segment.tracks, padded_frames)
+            track = np.broadcast_to(segment.tracks[:, None], frame.shape)
+            inside &= clip.mask[track, frame]
+            outputs[segment.clip][track[inside], frame[inside]] = optimized[rows][inside]
     return [(output, clip.mask) for output, clip in zip(outputs, prepared, strict=True)]
+
+
+def _span_frames(
+    clip: _PreparedClip, tracks: np.ndarray, padded_frames: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Clip frame of each padded span frame [r,F] (the last span frame repeated past the
+    span's end), and whether it is inside the span [r,F]."""
+    local = np.arange(padded_frames)[None, :]
+    length = clip.span_length[tracks][:, None]
+    frame = clip.span_start[tracks][:, None] + np.minimum(local, length - 1)
+    return frame, local < length
 
 
 def _pack_chunk(
@@ -427,18 +561,15 @@ def _pack_chunk(
     motion_weight = np.zeros(num_rows, np.float32)
     for segment in segments:
         clip = clips[segment.clip]
-        num_frames = clip.points.shape[1]
-        tracks = slice(segment.first_track, segment.stop_track)
-        rows = slice(
-            segment.chunk_row, segment.chunk_row + segment.stop_track - segment.first_track
-        )
-        held = np.minimum(np.arange(padded_frames), num_frames - 1)
-        points[rows] = clip.points[tracks][:, held]
-        centers[rows] = clip.camera_centers[held]
-        mask[rows] = clip.mask[tracks][:, held]
-        real_frame[rows, :num_frames] = True
-        last_frame[rows] = num_frames - 1
-        motion_weight[rows] = clip.motion_weight[tracks]
+        rows = slice(segment.chunk_row, segment.chunk_row + len(segment.tracks))
+        frame, inside = _span_frames(clip, segment.tracks, padded_frames)
+        track = segment.tracks[:, None]
+        points[rows] = clip.points[track, frame]
+        centers[rows] = clip.camera_centers[frame]
+        mask[rows] = clip.mask[track, frame]
+        real_frame[rows] = inside
+        last_frame[rows] = clip.span_length[segment.tracks] - 1
+        motion_weight[rows] = clip.motion_weight[segment.tracks]
     return points, centers, mask, real_frame, last_frame, motion_weight
 
 

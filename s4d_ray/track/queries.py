@@ -19,6 +19,9 @@ from scipy.spatial import cKDTree
 
 TrackFn = Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]]
 """`track_fn(frame_index, queries [Q,2] px (x,y)) -> (tracks [Q,T,2] px (x,y), visible [Q,T])`."""
+SkipFn = Callable[[int, np.ndarray], np.ndarray]
+"""`skip_fn(frame_index, queries [Q,2] px (x,y)) -> [Q] bool`: queries whose tracks a later
+filter surely drops (e.g. on sky at their query frame), so they are not tracked at all."""
 
 
 def query_frames(num_frames: int, interval: int = 10) -> np.ndarray:
@@ -53,23 +56,6 @@ def query_grid(
     return np.stack([points[1].ravel(), points[0].ravel()], axis=-1)
 
 
-def prune_queries(
-    candidates: np.ndarray,
-    kept_tracks: np.ndarray,
-    kept_visible: np.ndarray,
-    frame_index: int,
-    radius: float = 1.0,
-) -> np.ndarray:
-    """Which candidates to keep: those farther than `radius` px from every kept visible track.
-
-    candidates [Q,2] px (x,y) at `frame_index`; kept_tracks [K,T,2] px and kept_visible [K,T] bool
-    are the tracks kept from earlier query frames. Returns keep [Q] bool; a candidate exactly
-    `radius` away is dropped (the reference keeps only distance > radius).
-    """
-    visible_now = kept_tracks[kept_visible[:, frame_index], frame_index]
-    return _farther_than(candidates, visible_now, radius)
-
-
 def _farther_than(candidates: np.ndarray, points: np.ndarray, radius: float) -> np.ndarray:
     """keep [Q] bool: candidates [Q,2] whose nearest neighbour among points [P,2] is > radius."""
     if len(points) == 0 or len(candidates) == 0:
@@ -89,6 +75,8 @@ def track_with_pruning(
     frame_interval: int = 10,
     radius: float = 1.0,
     rng: np.random.Generator | np.random.RandomState | None = None,
+    skip_fn: SkipFn | None = None,
+    counts: dict[str, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Track a pruned query grid from every query frame; returns (tracks, visible, query_frame).
 
@@ -97,7 +85,15 @@ def track_with_pruning(
     that order, grid order within a frame: tracks [N,T,2] px (x,y) float32, visible [N,T] bool,
     query_frame [N] int64. The grids consume `rng` in the same order as drawing all of them up
     front, so the result equals tracking every query and then pruning (the reference order).
+
+    `skip_fn` marks survivors of the pruning that are not tracked (their fate is sealed, see
+    `SkipFn`); a skipped query is not a kept track, so it prunes nothing later: the tracks of
+    the other queries are unchanged, and a later query that only a skipped track would have
+    pruned is tracked (`stages.tracking` measures how rare that is). `counts`, when given,
+    receives the query bookkeeping: candidates, pruned, skipped, tracked (queries) and
+    query_frames (tracked queries x frames, the tracker's work).
     """
+    tally = dict.fromkeys(("candidates", "pruned", "skipped", "tracked"), 0)
     tracks_parts: list[np.ndarray] = []
     visible_parts: list[np.ndarray] = []
     frame_parts: list[np.ndarray] = []
@@ -109,6 +105,14 @@ def track_with_pruning(
         ]
         points = np.concatenate(visible_now) if visible_now else np.zeros((0, 2))
         keep = _farther_than(candidates, points, radius)
+        tally["candidates"] += len(candidates)
+        tally["pruned"] += int((~keep).sum())
+        if skip_fn is not None and keep.any():
+            skip = np.zeros_like(keep)
+            skip[keep] = np.asarray(skip_fn(frame_index, candidates[keep]), dtype=bool)
+            tally["skipped"] += int(skip.sum())
+            keep &= ~skip
+        tally["tracked"] += int(keep.sum())
         if not keep.any():
             continue
         tracks, visible = track_fn(frame_index, candidates[keep])
@@ -121,6 +125,8 @@ def track_with_pruning(
         tracks_parts.append(tracks.astype(np.float32, copy=False))
         visible_parts.append(visible.astype(bool, copy=False))
         frame_parts.append(np.full(survivors, frame_index, dtype=np.int64))
+    if counts is not None:
+        counts.update(tally, query_frames=tally["tracked"] * num_frames)
     if not frame_parts:
         empty = np.zeros((0, num_frames), dtype=bool)
         return np.zeros((0, num_frames, 2), np.float32), empty, np.zeros(0, np.int64)

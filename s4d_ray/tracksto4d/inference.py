@@ -23,8 +23,14 @@ import torch
 from s4d_ray.errors import StageError
 from s4d_ray.geometry.pose_metrics import Similarity, umeyama
 from s4d_ray.io import fs
-from s4d_ray.io.clip_io import ClipRecord, clip_id_from_uri, read_clip
-from s4d_ray.io.writer import json_text, write_clip_npz, write_parquet_shard
+from s4d_ray.io.clip_io import ClipRecord, clip_id_from_uri, npz_stem, read_clip
+from s4d_ray.io.writer import (
+    ClipFailure,
+    json_text,
+    write_clip_npz,
+    write_failures,
+    write_parquet_shard,
+)
 from s4d_ray.models.device import autocast_dtype, check_precision
 from s4d_ray.models.tracksto4d import TracksTo4D
 from s4d_ray.tracksto4d.data import (
@@ -125,14 +131,15 @@ def predict_clip(
     config: InferenceConfig = InferenceConfig(),
     device: torch.device | None = None,
 ) -> ClipPrediction:
-    """Windows → forward passes → one stitched ClipPrediction (see the module docstring)."""
+    """Windows → track choice → forward passes → one stitched ClipPrediction (module doc)."""
     device = device or next(model.parameters()).device
     start_time = time.perf_counter()
     windows = frame_windows(tracks.num_frames, config.window, config.overlap)
     rng = np.random.default_rng(config.seed)
     normalized = tracks.normalized()
-    chosen = [
-        select_tracks(
+    chosen, outputs = [], []
+    for s, e in windows:
+        picked = select_tracks(
             tracks.pixels[:, s:e],
             tracks.visible[:, s:e],
             config.max_tracks,
@@ -141,26 +148,38 @@ def predict_clip(
             tracks.image_size,
             rng,
         )
-        for s, e in windows
-    ]
-    estimated = np.unique(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
-    if estimated.size == 0:
-        raise ValueError(f"clip {tracks.clip_id!r}: no track is seen in enough frames")
-    row_of = {int(t): i for i, t in enumerate(estimated)}
-    m, t = estimated.size, tracks.num_frames
-    c2w = np.full((t, 4, 4), np.nan)
-    points = np.full((m, t, 3), np.nan)
-    depth = np.full((m, t), np.nan)
-    movement_sum, movement_count = np.zeros(m), np.zeros(m)
-    placed = np.zeros(t, bool)
-    scales = []
-    for (s, e), picked in zip(windows, chosen, strict=True):
         if picked.size == 0:
-            raise ValueError(f"clip {tracks.clip_id!r}: window [{s}, {e}) has no usable track")
+            raise ValueError(f"window [{s}, {e}) has no track seen in enough frames")
         net_input = network_input(
             normalized[picked, s:e], tracks.visible[picked, s:e], model.config.use_visible_input
         )
-        out = run_window(model, net_input, device, config.precision)
+        chosen.append(picked)
+        outputs.append(run_window(model, net_input, device, config.precision))
+    prediction = stitch_windows(tracks.clip_id, tracks.num_frames, windows, chosen, outputs)
+    prediction.seconds = time.perf_counter() - start_time
+    return prediction
+
+
+def stitch_windows(
+    clip_id: str,
+    num_frames: int,
+    windows: list[tuple[int, int]],
+    chosen: list[np.ndarray],
+    outputs: list[dict[str, np.ndarray]],
+) -> ClipPrediction:
+    """One trajectory from per-window estimates (`run_window` dicts for tracks `chosen[w]` of
+    window `windows[w]`), each window Sim(3)-aligned to the frames placed before it."""
+    estimated = np.unique(np.concatenate(chosen))
+    row_of = {int(t): i for i, t in enumerate(estimated)}
+    m = estimated.size
+    c2w = np.full((num_frames, 4, 4), np.nan)
+    points = np.full((m, num_frames, 3), np.nan)
+    depth = np.full((m, num_frames), np.nan)
+    movement_sum, movement_count = np.zeros(m), np.zeros(m)
+    placed = np.zeros(num_frames, bool)
+    scales = []
+    for (s, e), picked, out in zip(windows, chosen, outputs, strict=True):
+        out = dict(out)
         rows = np.array([row_of[int(i)] for i in picked])
         shared = np.nonzero(placed[s:e])[0]
         if shared.size:
@@ -177,7 +196,7 @@ def predict_clip(
             scales.append(1.0)
         new = ~placed[s:e]
         c2w[s:e][new] = out["camera2world"][new]
-        window_points = points[rows, s:e]  # keep earlier estimates of already placed frames
+        window_points = points[rows, s:e]  # earlier estimates of placed frames are kept
         fresh = ~np.isfinite(window_points).all(-1)
         window_points[fresh] = out["points"][fresh]
         points[rows, s:e] = window_points
@@ -187,8 +206,10 @@ def predict_clip(
         movement_sum[rows] += out["movement"]
         movement_count[rows] += 1
         placed[s:e] = True
+    if not placed.all():
+        raise ValueError(f"clip {clip_id!r}: windows do not cover all {num_frames} frames")
     return ClipPrediction(
-        clip_id=tracks.clip_id,
+        clip_id=clip_id,
         camera2world=c2w,
         tracks=estimated,
         points=points,
@@ -196,7 +217,6 @@ def predict_clip(
         movement=movement_sum / np.maximum(movement_count, 1),
         windows=windows,
         stitch_scales=scales,
-        seconds=time.perf_counter() - start_time,
     )
 
 
@@ -245,7 +265,9 @@ def run_tracksto4d(
     model_config: str | None = None,
 ) -> dict[str, Any]:
     """`s4d tracksto4d`: every release npz at `npz` (file, folder or glob, any URI) →
-    OUTPUT/npz/<clip>.npz + one OUTPUT/parquet shard; returns a summary dict."""
+    OUTPUT/npz/<clip>.npz + one OUTPUT/parquet shard; a clip that cannot be read or predicted
+    becomes a row of OUTPUT/failures/ and the others go on (a StageError when none is left).
+    Returns a summary dict."""
     from s4d_ray.models.device import pick_device
     from s4d_ray.models.tracksto4d import load_tracksto4d
 
@@ -254,26 +276,33 @@ def run_tracksto4d(
         raise FileNotFoundError(f"no .npz clip found at {npz!r}")
     torch_device = torch.device(pick_device(device))
     model = load_tracksto4d(checkpoint, config=model_config).to(torch_device)
-    records, summary = [], {}
+    records, summary, failures = [], {}, []
     for uri in uris:
-        clip_id_from_uri(uri)
-        source = read_clip(uri)
-        tracks = clip_tracks(source)
         try:
+            clip_id = clip_id_from_uri(uri)
+            source = read_clip(uri)
+            tracks = clip_tracks(source)
             prediction = predict_clip(model, tracks, config, torch_device)
-        except ValueError as e:  # incl. TracksInputError
-            raise StageError(source.name, "tracksto4d", str(e)) from e
+        except (StageError, ValueError, OSError) as e:  # bad clip: a failure row, go on
+            message = e.message if isinstance(e, StageError) else str(e)
+            failure = ClipFailure(npz_stem(uri)[:200], "tracksto4d", type(e).__name__, message)
+            log.error("tracksto4d: clip %r failed: %s", failure.clip_id, message)
+            failures.append(failure)
+            continue
         record = prediction_record(
             source, tracks, prediction, {"checkpoint": checkpoint, "precision": config.precision}
         )
         write_clip_npz(record, output)
         records.append(record)
-        summary[source.name] = {
+        summary[clip_id] = {
             "frames": tracks.num_frames,
             "tracks": int(prediction.tracks.size),
             "windows": len(prediction.windows),
             "seconds": round(prediction.seconds, 3),
         }
-        log.info("tracksto4d: clip %s %s", source.name, summary[source.name])
+        log.info("tracksto4d: clip %s %s", clip_id, summary[clip_id])
+    failures_file = write_failures(failures, output)
+    if not records:  # nothing to write: the first failure is the command's error
+        raise StageError(failures[0].clip_id, "tracksto4d", failures[0].message)
     shard = write_parquet_shard(records, output)
-    return {"clips": summary, "parquet": shard}
+    return {"clips": summary, "failed": len(failures), "failures": failures_file, "parquet": shard}

@@ -32,9 +32,12 @@ class LossConfig:
     supervised: bool = True
     reprojection_dynamic_coeff: float = 50.0
     sparsity_dynamic_coeff: float = 0.001
-    points_weight: float = 1.0
-    rotation_weight: float = 1.0
-    translation_weight: float = 1.0
+    points_weight: float = 5.0
+    rotation_weight: float = 5.0
+    translation_weight: float = 20.0
+    """Frame-to-frame translations are ~1 % of the scene distance that normalises them: without
+    a large weight the term is lost next to 50 × reprojection (tiny model on synth clips, 230
+    steps: ATE 0.061 → 0.030 m with 20 vs 0.079 m with 1)."""
     movement_weight: float = 0.1
     clamp_loss: float | None = None
     """The official loop clamps at 100 after its 4th epoch (a clamped sample gives no gradient)."""
@@ -60,10 +63,10 @@ def unsupervised_loss(
         + config.sparsity_dynamic_coeff * sparsity
     )
     parts = {
-        "reprojection": float(reprojection.mean()),
-        "static": float(static_loss),
-        "negative_depth": float(negative_depth),
-        "sparsity": float(sparsity),
+        "reprojection": reprojection.mean().item(),
+        "static": static_loss.item(),
+        "negative_depth": negative_depth.item(),
+        "sparsity": sparsity.item(),
     }
     return loss, parts
 
@@ -124,10 +127,10 @@ def supervised_loss(
         + config.movement_weight * movement_loss
     )
     parts = {
-        "points": float(points_loss),
-        "rotation": float(rotation_loss),
-        "translation": float(translation_loss),
-        "movement": float(movement_loss),
+        "points": points_loss.item(),
+        "rotation": rotation_loss.item(),
+        "translation": translation_loss.item(),
+        "movement": movement_loss.item(),
     }
     return loss, parts
 
@@ -139,7 +142,7 @@ def tracksto4d_loss(
     clamped at `clamp_loss` as the official loop does. batch: SAMPLE_COLUMNS tensors."""
     if warmup:
         loss = warmup_loss(out)
-        return loss, {"warmup": float(loss)}
+        return loss, {"warmup": loss.item()}
     tracks_xy = batch["tracks"][:, :, :2]
     loss, parts = unsupervised_loss(out, tracks_xy, batch["visible"], config)
     if config.supervised:

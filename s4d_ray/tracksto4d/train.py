@@ -15,11 +15,7 @@ optimizer and step count. CPU trains in fp32; GPU under the autocast of `precisi
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +23,6 @@ import numpy as np
 import torch
 
 from s4d_ray.io import fs
-from s4d_ray.models.device import autocast_dtype, check_precision
 from s4d_ray.models.tracksto4d import (
     TracksTo4D,
     TracksTo4DConfig,
@@ -36,22 +31,35 @@ from s4d_ray.models.tracksto4d import (
 )
 from s4d_ray.tracksto4d.data import SAMPLE_COLUMNS, FilterCounts, SampleConfig, samples_from_uris
 from s4d_ray.tracksto4d.loss import LossConfig, tracksto4d_loss
+from s4d_ray.train_loop import (
+    RunSettings,
+    autocast,
+    clip_dataset,
+    commit_checkpoint,
+    fit,
+    init_ray,
+    optimizer_step,
+    restore_or_start,
+    run_worker,
+    step_file,
+)
+from s4d_ray.train_loop import (
+    read_latest as read_latest,  # re-exported: the jobs and tests read CKPT/latest.json
+)
 
 log = logging.getLogger(__name__)
 
 TINY_CONFIG = TracksTo4DConfig(
-    network_width1=64,
+    network_width1=32,
     positional_dim=4,
     K_basis=4,
-    network_depth=2,
-    heads=4,
+    network_depth=1,
+    heads=2,
     dim_head=16,
-    mlp_dim=128,
+    mlp_dim=64,
     camera_kernel_size=7,
 )
-"""A ~150k-parameter network for CPU tests and smoke runs."""
-LATEST = "latest.json"
-HISTORY_LENGTH = 1000
+"""A ~20k-parameter network for CPU tests and smoke runs."""
 
 
 def initial_model(init: str | None, seed: int) -> TracksTo4D:
@@ -88,18 +96,11 @@ def train_step(
     model.train()
     batch = {k: v.to(device) for k, v in batch.items()}
     batch["visible"] = batch["visible"].bool()
-    dtype = autocast_dtype(check_precision(precision)) if device.type == "cuda" else None
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+    with autocast(device, precision):
         out = model(batch["tracks"].float())
     out = {k: v.float() for k, v in out.items()}
     loss, parts = tracksto4d_loss(out, batch, loss_config, warmup=warmup)
-    value = loss.item()
-    if not math.isfinite(value):
-        raise FloatingPointError(f"non-finite loss {value} ({parts})")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return {"loss": value, **{f"loss_{k}": v for k, v in parts.items()}}
+    return optimizer_step(optimizer, loss, parts)
 
 
 def train_local(
@@ -129,14 +130,8 @@ def train_local(
     return history
 
 
-def read_latest(checkpoint_dir: str) -> dict[str, Any] | None:
-    """CKPT/latest.json as a dict, or None when the folder has no checkpoint yet."""
-    uri = fs.join(checkpoint_dir, LATEST)
-    return json.loads(fs.read_bytes(uri)) if fs.exists(uri) else None
-
-
 def _model_name(step: int) -> str:
-    return f"model_step{step:08d}.pt"
+    return step_file("model", step, ".pt")
 
 
 def save_checkpoint(
@@ -149,126 +144,73 @@ def save_checkpoint(
 ) -> None:
     """Official-format .pt (+ JSON config), then latest.json (last, so it only names whole
     files); then all but the newest `keep` checkpoints are deleted."""
-    previous = read_latest(checkpoint_dir)
-    saved = [s for s in (previous or {}).get("saved_steps", []) if s != step] + [step]
-    loss = history[-1]["loss"] if history else float("nan")
-    save_tracksto4d(model, fs.join(checkpoint_dir, _model_name(step)), optimizer, step, loss)
-    latest = {
-        "step": step,
-        "model": _model_name(step),
-        "saved_steps": saved[-keep:],
-        "history": history[-HISTORY_LENGTH:],
-    }
-    fs.write_bytes(fs.join(checkpoint_dir, LATEST), json.dumps(latest, indent=1).encode())
-    filesystem, _ = fs.filesystem(checkpoint_dir)
-    for old in saved[:-keep]:
-        for name in (_model_name(old), _model_name(old).removesuffix(".pt") + ".json"):
-            uri = fs.join(checkpoint_dir, name)
-            if fs.exists(uri):
-                filesystem.rm(fs.filesystem(uri)[1])
+
+    def write_files() -> dict[str, str]:
+        loss = history[-1]["loss"] if history else float("nan")
+        save_tracksto4d(model, fs.join(checkpoint_dir, _model_name(step)), optimizer, step, loss)
+        return {"model": _model_name(step)}
+
+    commit_checkpoint(
+        checkpoint_dir,
+        step,
+        history,
+        write_files,
+        lambda old: (_model_name(old), _model_name(old).removesuffix(".pt") + ".json"),
+        keep,
+    )
 
 
 def restore(
     config: dict[str, Any], device: torch.device
 ) -> tuple[TracksTo4D, torch.optim.Optimizer, int, list[dict[str, Any]]]:
     """(model, optimizer, step, history) from CKPT/latest.json, else from init / TINY_CONFIG."""
-    latest = read_latest(config["checkpoint_dir"])
-    if latest is None:
+    checkpoint_dir = config["checkpoint_dir"]
+
+    def start() -> tuple[TracksTo4D, torch.optim.Optimizer]:
         model = initial_model(config["init"], config["seed"]).to(device)
-        return model, make_optimizer(model, config["lr"]), 0, []
-    uri = fs.join(config["checkpoint_dir"], latest["model"])
-    model, checkpoint = load_tracksto4d(uri, with_checkpoint=True)
-    model = model.to(device).train()
-    optimizer = make_optimizer(model, config["lr"])
-    optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
-    return model, optimizer, int(latest["step"]), list(latest["history"])
+        return model, make_optimizer(model, config["lr"])
+
+    def resume(latest: dict[str, Any]) -> tuple[TracksTo4D, torch.optim.Optimizer]:
+        uri = fs.join(checkpoint_dir, latest["model"])
+        model, checkpoint = load_tracksto4d(uri, with_checkpoint=True)
+        model = model.to(device).train()
+        optimizer = make_optimizer(model, config["lr"])
+        optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+        return model, optimizer
+
+    return restore_or_start(checkpoint_dir, start, resume)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: resume, stream batches from the 'train' shard, step, report, save."""
-    import ray.train
-    import ray.train.torch
-
-    if config["torch_threads"]:
-        torch.set_num_threads(config["torch_threads"])
-    rank = ray.train.get_context().get_world_rank()
-    device = ray.train.torch.get_device()
-    model, optimizer, step, history = restore(config, device)
-    start_step = step
-    torch.manual_seed(config["seed"] * 1000 + rank + step)
-    trained = ray.train.torch.prepare_model(model)
     loss_config = LossConfig(supervised=config["supervised"])
-    shard = ray.train.get_dataset_shard("train")
-    window: list[dict[str, float]] = []
-    window_start = time.perf_counter()
-    while step < config["steps"]:
-        batches = 0
-        for batch in shard.iter_torch_batches(batch_size=config["batch_size"], drop_last=True):
-            batches += 1
-            warmup = step < config["warmup_steps"]
-            metrics = train_step(
-                trained, optimizer, batch, loss_config, device, warmup, config["precision"]
-            )
-            window.append(metrics)
-            step += 1
-            last = step == config["steps"]
-            if step % config["log_every"] == 0 or last:
-                elapsed = time.perf_counter() - window_start
-                keys = set.intersection(*(set(m) for m in window))
-                summary = {k: sum(m[k] for m in window) / len(window) for k in sorted(keys)}
-                summary.update(
-                    step=step,
-                    start_step=start_step,
-                    samples_per_s=len(window) * config["batch_size"] / max(elapsed, 1e-9),
-                )
-                history.append(summary)
-                ray.train.report(summary)
-                window, window_start = [], time.perf_counter()
-            if rank == 0 and (step % config["checkpoint_every"] == 0 or last):
-                save_checkpoint(
-                    config["checkpoint_dir"], model, optimizer, step, history, config["keep"]
-                )
-            if last:
-                break
-        if batches == 0:
-            raise RuntimeError("the training dataset gave no batch (too few samples?)")
+
+    def step_fn(
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        batch: dict[str, torch.Tensor],
+        step: int,
+        device: torch.device,
+    ) -> dict[str, float]:
+        warmup = step < config["warmup_steps"]
+        return train_step(model, optimizer, batch, loss_config, device, warmup, config["precision"])
+
+    run_worker(config, restore, step_fn, save_checkpoint)
 
 
 @dataclass
-class TrainSettings:
-    """One training run: data, start point, losses, optimisation, checkpoints, Ray scaling."""
+class TrainSettings(RunSettings):
+    """One TracksTo4D run: RunSettings (`init`: official-format TracksTo4D .pt) plus losses
+    and sample settings."""
 
-    npz: str
-    checkpoint_dir: str
-    init: str | None = None
-    """Official-format TracksTo4D .pt to start from; None = TINY_CONFIG (tests, CPU)."""
     supervised: bool = True
-    steps: int = 1000
     warmup_steps: int = 0
-    batch_size: int = 4
-    lr: float = 1e-4
     frames: int = 50
     tracks: int = 256
     min_visible: int = 10
     samples_per_clip: int = 16
-    limit: int | None = None
-    precision: str = "bf16"
-    checkpoint_every: int = 500
-    keep: int = 2
-    log_every: int = 10
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    torch_threads: int = 0
-    max_failures: int = 0
-    seed: int = 0
-    address: str | None = None
 
-    def __post_init__(self) -> None:
-        for name in ("steps", "checkpoint_every", "log_every", "keep", "batch_size", "frames"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        check_precision(self.precision)
+    POSITIVE = (*RunSettings.POSITIVE, "frames")
 
 
 WORKER_KEYS = (
@@ -282,7 +224,7 @@ WORKER_KEYS = (
     "batch_size",
     "precision",
     "checkpoint_every",
-    "keep",
+    "keep_checkpoints",
     "log_every",
     "torch_threads",
 )
@@ -299,26 +241,13 @@ def read_samples(npz: str, config: SampleConfig, limit: int | None = None, num_c
     """A `ray.data.Dataset` of samples (SAMPLE_COLUMNS), one read task per clip, streamed."""
     import functools
 
-    import ray.data
-
-    uris = fs.list_files(npz, ".npz")[:limit]
-    if not uris:
-        raise FileNotFoundError(f"no .npz clips under {npz!r}")
-    ds = ray.data.from_items([{"npz_uri": u} for u in uris], override_num_blocks=len(uris))
-    return ds.flat_map(functools.partial(_clip_rows, config=config), num_cpus=num_cpus)
+    rows_of = functools.partial(_clip_rows, config=config)
+    return clip_dataset(npz, limit, rows_of, num_cpus=num_cpus)
 
 
 def train(settings: TrainSettings) -> dict[str, Any]:
     """Start (or resume) training; returns CKPT/latest.json at the end."""
-    import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    if not ray.is_initialized():
-        if settings.address or os.environ.get("RAY_ADDRESS"):
-            ray.init(address=settings.address)
-        else:  # more logical CPUs than cores, so data tasks and the worker both get scheduled
-            ray.init(num_cpus=max(4, 2 * (os.cpu_count() or 1)))
+    init_ray(settings.address)
     sample_config = SampleConfig(
         frames=settings.frames,
         tracks=settings.tracks,
@@ -327,22 +256,4 @@ def train(settings: TrainSettings) -> dict[str, Any]:
         seed=settings.seed,
     )
     samples = read_samples(settings.npz, sample_config, settings.limit)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={key: getattr(settings, key) for key in WORKER_KEYS},
-        scaling_config=ScalingConfig(
-            num_workers=settings.num_workers,
-            use_gpu=settings.use_gpu,
-            resources_per_worker={"CPU": settings.cpus_per_worker},
-        ),
-        run_config=RunConfig(
-            name=f"tracksto4d-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
-            failure_config=FailureConfig(max_failures=settings.max_failures),
-        ),
-        datasets={"train": samples},
-    )
-    trainer.fit()
-    latest = read_latest(settings.checkpoint_dir)
-    if latest is None:
-        raise RuntimeError(f"training finished without a checkpoint in {settings.checkpoint_dir!r}")
-    return latest
+    return fit(train_loop_per_worker, WORKER_KEYS, samples, settings, "tracksto4d")

@@ -1,0 +1,231 @@
+"""A raw VR180 video → release-format clip records (no tracks yet) that the pipeline then runs.
+
+`prepare_video` splits the video into clips, calibrates the rig once per video (stored as
+`OUTPUT/calibration/<video_id>.json` and reused), rectifies each clip and estimates its metric
+camera trajectory. Each good clip becomes `OUTPUT/ownvideo/npz/<clip_id>.npz` in the release
+format — `timestamps` the video frames' own µs, `camera2world` estimated (world = first
+frame's rectified left camera), `rectified2rig` and `fov_bounds` estimated / read from the
+video, no tracks — which the normal pipeline (`--npz OUTPUT/ownvideo/npz`) turns into tracks.
+Every clip or video that cannot be used becomes a failure (clip or video id, stage, message
+with the figures). A per-video `OUTPUT/ownvideo/videos/<video_id>.json` records what was made,
+so a re-run skips finished videos.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from s4d_ray.geometry.rectify import rectify_clip
+from s4d_ray.io import fs
+from s4d_ray.io.clip_io import ClipRecord, write_clip
+from s4d_ray.io.ids import make_clip_id, validate_video_id
+from s4d_ray.ownvideo.calibration import STAGE as CALIBRATION_STAGE
+from s4d_ray.ownvideo.calibration import CalibrationConfig, calibrate_video
+from s4d_ray.ownvideo.clips import STAGE as CLIPS_STAGE
+from s4d_ray.ownvideo.clips import ClipConfig, split_video
+from s4d_ray.ownvideo.poses import PoseConfig, estimate_poses
+
+log = logging.getLogger(__name__)
+
+OWNVIDEO_DIR = "ownvideo"
+PREPARE_VERSION = "ownvideo-prepare-1"
+
+
+@dataclass(frozen=True)
+class OwnVideoConfig:
+    """Settings of the own-video steps (clips, calibration, poses)."""
+
+    clips: ClipConfig = field(default_factory=ClipConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    poses: PoseConfig = field(default_factory=PoseConfig)
+
+
+@dataclass
+class PreparedFailure:
+    """A clip (or whole video, then `clip_id` is the video id) that produced no clip record."""
+
+    clip_id: str
+    stage: str
+    error_type: str
+    message: str
+
+
+@dataclass
+class VideoOutcome:
+    """What `prepare_video` made of one video: written clip npz URIs, failures, figures."""
+
+    video_id: str
+    npz_uris: list[str] = field(default_factory=list)
+    failures: list[PreparedFailure] = field(default_factory=list)
+    figures: dict = field(default_factory=dict)
+    version: str = PREPARE_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> VideoOutcome:
+        d = json.loads(text)
+        d["failures"] = [PreparedFailure(**f) for f in d["failures"]]
+        return cls(**d)
+
+
+def prepared_npz_folder(output_uri: str) -> str:
+    """Where prepared clips go: OUTPUT/ownvideo/npz."""
+    return fs.join(output_uri, OWNVIDEO_DIR, "npz")
+
+
+def outcome_uri(output_uri: str, video_id: str) -> str:
+    return fs.join(output_uri, OWNVIDEO_DIR, "videos", f"{video_id}.json")
+
+
+def _failure(clip_id: str, error: BaseException, stage: str) -> PreparedFailure:
+    stage = getattr(error, "stage", stage)
+    message = getattr(error, "message", None) or str(error) or repr(error)
+    return PreparedFailure(clip_id, stage, type(error).__name__, message[:4000])
+
+
+def clip_record(
+    clip_id: str,
+    video_id: str,
+    timestamps: np.ndarray,
+    camera2world: np.ndarray,
+    rectified2rig: np.ndarray,
+    fov_bounds: np.ndarray,
+    extras: dict[str, np.ndarray] | None = None,
+) -> ClipRecord:
+    """A release record with cameras and rig and no tracks (the pipeline adds them)."""
+    return ClipRecord(
+        name=clip_id,
+        video_id=video_id,
+        timestamps=np.asarray(timestamps, np.int64),
+        camera2world=np.asarray(camera2world, np.float32),
+        track_lengths=np.zeros(0, np.int64),
+        track_indices=np.zeros(0, np.int64),
+        track_coordinates=np.zeros((0, 3), np.float32),
+        rectified2rig=np.asarray(rectified2rig, np.float32),
+        fov_bounds=np.asarray(fov_bounds, np.float32),
+        extras=extras or {},
+    ).validate()
+
+
+def video_clip_records(
+    video_uri: str,
+    video_id: str,
+    output_uri: str | None = None,
+    config: OwnVideoConfig | None = None,
+    figures: dict | None = None,
+) -> Iterator[tuple[ClipRecord, np.ndarray, np.ndarray] | PreparedFailure]:
+    """Split, calibrate and pose one video, one clip at a time: yields (record, left
+    [T,S,S,3], right [T,S,S,3]) per good clip — the rectified frames a decode stage would
+    make — or a PreparedFailure (per clip, or one for the whole video). Only the calibration
+    JSON is written (with `output_uri`); `figures` collects timings and calibration figures.
+    Frames are never held for more than one clip."""
+    config = config or OwnVideoConfig()
+    figures = {} if figures is None else figures
+    validate_video_id(video_id)
+    start = time.perf_counter()
+    try:
+        clips, scan = split_video(video_uri, video_id, config.clips)
+    except Exception as error:  # noqa: BLE001 - a bad video is a failure row, not a crash
+        yield _failure(video_id, error, CLIPS_STAGE)
+        return
+    figures.update(
+        frames=int(scan.timestamps.size),
+        clips=len(clips),
+        clips_seconds=round(time.perf_counter() - start, 3),
+    )
+    try:
+        all_ts = np.concatenate([c.timestamps for c in clips])
+        calibration = calibrate_video(video_uri, video_id, all_ts, output_uri, config.calibration)
+    except Exception as error:  # noqa: BLE001
+        yield _failure(video_id, error, CALIBRATION_STAGE)
+        return
+    figures["calibration"] = {
+        "median_vertical_px": calibration.median_vertical_px,
+        "before_px": calibration.before_px,
+        "matches": calibration.matches,
+        "seconds": round(calibration.seconds, 3),
+    }
+    for clip in clips:
+        clip_id = make_clip_id(video_id, clip.first_timestamp_us)
+        try:
+            template = clip_record(
+                clip_id,
+                video_id,
+                clip.timestamps,
+                np.tile(np.eye(4)[:3], (clip.timestamps.size, 1, 1)),
+                calibration.rectified2rig,
+                calibration.fov_bounds,
+            )
+            left, right = rectify_clip(template, video_uri)
+            mark = time.perf_counter()
+            poses = estimate_poses(left, right, clip_id, config=config.poses)
+            extras = {
+                "pose_rms_px": np.float32(poses.rms_px),
+                "pose_inlier_fraction": np.float32(poses.inlier_fraction),
+                "pose_points": np.int64(poses.num_points),
+                "calibration_vertical_px": np.float32(calibration.median_vertical_px),
+            }
+            record = clip_record(
+                clip_id,
+                video_id,
+                clip.timestamps,
+                poses.camera2world,
+                calibration.rectified2rig,
+                calibration.fov_bounds,
+                extras,
+            )
+            figures.setdefault("pose_seconds", {})[clip_id] = round(time.perf_counter() - mark, 3)
+        except Exception as error:  # noqa: BLE001 - one bad clip fails alone
+            yield _failure(clip_id, error, "poses")
+            continue
+        yield record, left, right
+
+
+def prepare_video(
+    video_uri: str, video_id: str, output_uri: str, config: OwnVideoConfig | None = None
+) -> VideoOutcome:
+    """Prepare one video under `output_uri` (skipped when its outcome file exists): each good
+    clip written as `OUTPUT/ownvideo/npz/<clip_id>.npz` as soon as it is posed."""
+    done = outcome_uri(output_uri, video_id)
+    if fs.exists(done):
+        stored = VideoOutcome.from_json(fs.read_bytes(done).decode())
+        if stored.version == PREPARE_VERSION:
+            return stored
+    outcome = VideoOutcome(video_id=video_id)
+    for item in video_clip_records(video_uri, video_id, output_uri, config, outcome.figures):
+        if isinstance(item, PreparedFailure):
+            outcome.failures.append(item)
+            continue
+        record = item[0]
+        uri = fs.join(prepared_npz_folder(output_uri), f"{record.name}.npz")
+        write_clip(record, uri)
+        outcome.npz_uris.append(uri)
+    fs.write_bytes(done, outcome.to_json().encode())
+    log.info(
+        "own video %s: %d clips prepared, %d failures",
+        video_id,
+        len(outcome.npz_uris),
+        len(outcome.failures),
+    )
+    return outcome
+
+
+def list_videos(videos_uri: str) -> list[tuple[str, str]]:
+    """(video_id, uri) of every `<video_id>.mp4` under `videos_uri`; names that are not valid
+    video ids are skipped with a warning."""
+    out = []
+    for uri in fs.list_files(videos_uri, ".mp4"):
+        stem = uri.rstrip("/").rsplit("/", 1)[-1].removesuffix(".mp4")
+        try:
+            out.append((validate_video_id(stem), uri))
+        except ValueError:
+            log.warning("skipping %s: not a <video_id>.mp4 name", uri)
+    return sorted(out)

@@ -1,0 +1,224 @@
+"""Own VR180 videos: clip splitting, rig calibration, metric poses, bad inputs (no Ray)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from s4d_ray.errors import StageError
+from s4d_ray.geometry.camera import intrinsics
+from s4d_ray.geometry.pose_metrics import ate_se3, ate_sim3, relative_eye_rotation_error_deg
+from s4d_ray.io.clip_io import read_clip
+from s4d_ray.ownvideo.calibration import (
+    Calibration,
+    calibrate_video,
+    calibration_uri,
+    epipolar_residuals,
+    fov_bounds_of,
+    pixels_to_rays,
+    smallest_gauge,
+)
+from s4d_ray.ownvideo.clips import ClipConfig, no_clip_reason, scan_frames, split_clips
+from s4d_ray.ownvideo.poses import BundleProblem, BundleState, PoseConfig, estimate_poses
+from s4d_ray.ownvideo.prepare import OwnVideoConfig, prepare_video
+from s4d_ray.synthetic.synth import make_texture
+from tests.ownvideo_inputs import make_bad_videos
+
+PERIOD_US = 33_333
+
+
+def panning_shot(texture: np.ndarray, frames: int, start: int = 0) -> list[np.ndarray]:
+    """SBS frames [128,256,3] of `texture` panned 2 px per frame (both halves alike)."""
+    out = []
+    for i in range(start, start + frames):
+        eye = np.roll(texture, 2 * i, axis=1)[:128, :128]
+        out.append(np.concatenate([eye, eye], axis=1))
+    return out
+
+
+def timed(frames: list[np.ndarray]) -> list[tuple[int, np.ndarray]]:
+    return [(PERIOD_US * i, f) for i, f in enumerate(frames)]
+
+
+def test_clips_split_at_cuts_skip_repeats_and_respect_lengths() -> None:
+    rng = np.random.default_rng(0)
+    shot_a = panning_shot(make_texture(rng, 256), 50)
+    shot_a = shot_a[:20] + [shot_a[19]] * 3 + shot_a[20:]  # three repeated frames
+    shot_b = panning_shot(make_texture(rng, 256), 40)
+    config = ClipConfig(analysis_size=128, min_clip_frames=32)
+    scan = scan_frames(iter(timed(shot_a + shot_b)), config)
+    clips = split_clips(scan, config)
+    assert [c.timestamps.size for c in clips] == [50, 40]
+    assert clips[1].first_timestamp_us == PERIOD_US * 53  # the cut is where shot B starts
+    repeats = PERIOD_US * np.array([20, 21, 22])
+    assert not np.isin(repeats, clips[0].timestamps).any()
+    short = split_clips(scan, ClipConfig(analysis_size=128, min_clip_frames=10, max_clip_frames=20))
+    assert [c.timestamps.size for c in short] == [17, 17, 16, 20, 20]
+
+
+def test_videos_without_a_clip_say_why() -> None:
+    rng = np.random.default_rng(1)
+    shot = panning_shot(make_texture(rng, 256), 40)
+    config = ClipConfig(analysis_size=128)
+    five = scan_frames(iter(timed(shot[:5])), config)
+    assert split_clips(five, config) == []
+    assert "5 frames" in no_clip_reason(five, config)
+    frozen = scan_frames(iter(timed([shot[0]] * 40)), config)
+    assert split_clips(frozen, config) == []
+    assert "frozen" in no_clip_reason(frozen, config)
+    flat = [np.full_like(shot[0], 80 + 2 * i) for i in range(40)]
+    flat_scan = scan_frames(iter(timed(flat)), config)
+    assert split_clips(flat_scan, config) == []
+    assert "tracking breaks" in no_clip_reason(flat_scan, config)
+
+
+def test_calibration_residual_is_zero_for_the_true_rig_and_gauge_free() -> None:
+    rng = np.random.default_rng(2)
+    rig = Rotation.from_rotvec(rng.normal(0, 0.01, (2, 3))).as_matrix()
+    # scene points seen from a left eye at 0 and a right eye at +6.3 cm (rectified frame)
+    points = rng.uniform([-5, -2, 1], [5, 2, 10], (200, 3))
+    rect_l = points / np.linalg.norm(points, axis=1, keepdims=True)
+    shifted = points - [0.063, 0, 0]
+    rect_r = shifted / np.linalg.norm(shifted, axis=1, keepdims=True)
+    rig_l, rig_r = rect_l @ rig[0].T, rect_r @ rig[1].T  # what the raw eyes see
+    assert np.abs(epipolar_residuals(rig, rig_l, rig_r)).max() < 1e-9
+    gauge = Rotation.from_rotvec([0.3, 0, 0]).as_matrix()
+    assert np.abs(epipolar_residuals(rig @ gauge, rig_l, rig_r)).max() < 1e-9
+    smallest = smallest_gauge(rig @ gauge)
+    assert relative_eye_rotation_error_deg(smallest, rig) < 1e-9
+    norms = np.linalg.norm(Rotation.from_matrix(smallest).as_rotvec(), axis=1)
+    assert np.sum(norms**2) <= np.sum(
+        np.linalg.norm(Rotation.from_matrix(rig).as_rotvec(), axis=1) ** 2
+    )
+    bent = rig.copy()
+    bent[1] = rig[1] @ Rotation.from_rotvec([np.radians(0.1), 0, 0]).as_matrix()
+    assert np.median(np.abs(epipolar_residuals(bent, rig_l, rig_r))) > 0.5  # 0.1° = 0.77 px
+
+
+def test_equirect_pixels_round_trip_to_rays() -> None:
+    fov = fov_bounds_of((512, 512))
+    np.testing.assert_allclose(fov, [-90, 90, -90, 90])
+    rays = pixels_to_rays(np.array([[255.5, 255.5], [0.0, 255.5]]), fov, (512, 512))
+    np.testing.assert_allclose(rays[0], [0, 0, 1], atol=1e-12)
+    np.testing.assert_allclose(rays[1], [-1, 0, 0], atol=1e-3)
+
+
+def test_bundle_adjustment_recovers_a_noise_free_stereo_trajectory() -> None:
+    rng = np.random.default_rng(3)
+    k = intrinsics(512, 512, 60.0)
+    frames, num_points = 6, 150
+    rot = Rotation.from_rotvec(np.cumsum(rng.normal(0, 0.01, (frames, 3)), 0)).as_matrix()
+    rot[0] = np.eye(3)
+    centres = np.cumsum(
+        np.vstack([np.zeros(3), rng.normal([0, 0, 0.05], 0.01, (frames - 1, 3))]), 0
+    )
+    trans = -np.einsum("tij,tj->ti", rot, centres)
+    points = rng.uniform([-4, -2, 3], [4, 2, 12], (num_points, 3))
+    obs_point = np.repeat(np.arange(num_points), frames)
+    obs_frame = np.tile(np.arange(frames), num_points)
+    cam = np.einsum("mij,mj->mi", rot[obs_frame], points[obs_point]) + trans[obs_frame]
+    left = cam[:, :2] / cam[:, 2:] * k[0, 0] + k[:2, 2]
+    right_cam = cam - [0.063, 0, 0]
+    right = right_cam[:, :2] / right_cam[:, 2:] * k[0, 0] + k[:2, 2]
+    config = PoseConfig()
+    problem = BundleProblem(obs_point, obs_frame, left, right, k, config, frames, num_points)
+    start = BundleState(
+        rotations=Rotation.from_rotvec(rng.normal(0, 0.003, (frames, 3))).as_matrix() @ rot,
+        translations=trans + rng.normal(0, 0.02, trans.shape),
+        points=points * 1.05 + rng.normal(0, 0.05, points.shape),
+        right_eye=np.eye(3),
+    )
+    start.rotations[0], start.translations[0] = np.eye(3), 0.0
+    solved, _ = problem.solve(start)
+    assert np.abs(problem.residuals(solved)).max() < 1e-4
+    np.testing.assert_allclose(solved.translations, trans, atol=1e-5)  # metric: scale from stereo
+    np.testing.assert_allclose(solved.points, points, rtol=1e-5, atol=1e-5)
+
+
+def test_poses_of_a_clip_without_texture_are_a_failure_with_figures() -> None:
+    flat = np.full((6, 128, 128, 3), 120, np.uint8)
+    with pytest.raises(StageError, match="poses") as info:
+        estimate_poses(flat, flat, "flatclip_0")
+    assert "frame 1" in str(info.value) and "points" in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def prepared(synth_dir: Path, tmp_path_factory) -> dict:
+    """prepare_video on the first synthetic video (17 frames of 512-line equirect)."""
+    out = tmp_path_factory.mktemp("ownvideo")
+    video = sorted((synth_dir / "raw").glob("*.mp4"))[0]
+    config = OwnVideoConfig(clips=ClipConfig(min_clip_frames=8))
+    outcome = prepare_video(str(video), video.stem, str(out), config)
+    return {"outcome": outcome, "out": out, "video": video, "config": config}
+
+
+@pytest.mark.slow  # calibration + poses of a real synthetic video: ~6 s CPU, more on a busy machine
+def test_own_video_becomes_a_posed_release_clip(prepared: dict, synth_dir: Path) -> None:
+    outcome = prepared["outcome"]
+    assert outcome.failures == [] and len(outcome.npz_uris) == 1
+    record = read_clip(outcome.npz_uris[0])
+    video_id = prepared["video"].stem
+    assert record.name == f"{video_id}_0" and record.num_tracks == 0
+    truth = read_clip(str(next((synth_dir / "npz").glob(f"{video_id}_*.npz"))))
+    assert np.diff(record.timestamps).min() > 0
+    index = np.searchsorted(record.timestamps, truth.timestamps)
+    np.testing.assert_array_equal(record.timestamps[index], truth.timestamps)  # video's own µs
+    np.testing.assert_allclose(record.camera2world[0], np.eye(4)[:3], atol=1e-6)
+    # 512-line equirect (the 512² rectified view is upsampled 1.6×): looser than the 1024-line
+    # figures of benchmarks/bench_ownvideo.py
+    assert relative_eye_rotation_error_deg(record.rectified2rig, truth.rectified2rig) < 0.05
+    assert float(record.extras["calibration_vertical_px"]) < 0.5
+    estimate = record.camera2world[index]
+    assert ate_se3(estimate, truth.camera2world).rmse < 0.03
+    assert abs(ate_sim3(estimate, truth.camera2world).scale_error) < 0.15
+
+
+@pytest.mark.slow
+def test_calibration_is_stored_and_reused(prepared: dict) -> None:
+    out, video = prepared["out"], prepared["video"]
+    stored = Calibration.from_json(Path(calibration_uri(str(out), video.stem)).read_text())
+    assert stored.median_vertical_px < stored.before_px
+    # a re-run never touches the video: a missing file would fail if it were decoded again
+    again = calibrate_video(str(video.with_name("absent.mp4")), video.stem, np.zeros(1), str(out))
+    np.testing.assert_array_equal(again.rectified2rig, stored.rectified2rig)
+    rerun = prepare_video(str(video.with_name("absent.mp4")), video.stem, str(out))
+    assert rerun.npz_uris == prepared["outcome"].npz_uris
+    assert json.loads(Path(out / "ownvideo" / "videos" / f"{video.stem}.json").read_text())
+
+
+def test_bad_videos_are_one_failure_each(synth_dir: Path, tmp_path: Path) -> None:
+    good = sorted((synth_dir / "raw").glob("*.mp4"))[0]
+    bad = make_bad_videos(str(good), tmp_path / "raw")
+    config = OwnVideoConfig(clips=ClipConfig(min_clip_frames=8))
+    expected = {
+        "monovid": ("calibration", "do not match as a stereo pair"),
+        "staticvid": ("clips", "frozen"),
+        "flatvid": ("clips", "tracking breaks"),
+        "shortvid": ("clips", "5 frames"),
+    }
+    for name, (stage, words) in expected.items():
+        outcome = prepare_video(bad[name], name, str(tmp_path / "out"), config)
+        assert outcome.npz_uris == []
+        assert [(f.clip_id, f.stage) for f in outcome.failures] == [(name, stage)]
+        assert words in outcome.failures[0].message
+
+
+def test_pose_qa_rows_for_release_clips(synth_dir: Path, tmp_path: Path, capsys) -> None:
+    from s4d_ray.cli import main
+    from s4d_ray.ownvideo.qa import format_table, pose_qa
+
+    npz = sorted((synth_dir / "npz").glob("*.npz"))[0]
+    argv = ["poses", "--npz", str(npz), "--videos", str(synth_dir / "raw")]
+    assert main([*argv, "--out", str(tmp_path / "qa.json")]) == 0  # `s4d poses`
+    assert npz.stem in capsys.readouterr().out
+    rows = json.loads((tmp_path / "qa.json").read_text())
+    assert rows[0]["error"] == "" and rows[0]["frames"] == 12
+    assert rows[0]["ate_se3_m"] < 0.03 and rows[0]["rotation_error_deg"] < 0.5
+    missing = pose_qa([str(npz)], str(synth_dir / "nowhere"))
+    assert "cannot open video" in missing[0]["error"] and np.isnan(missing[0]["ate_se3_m"])
+    table = format_table(rows + missing)
+    assert npz.stem in table and "failed" in table

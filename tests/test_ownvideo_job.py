@@ -1,0 +1,57 @@
+"""Own-video mode of the main job through real local Ray (`ray job submit`, no `--npz`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from s4d_ray.io.clip_io import read_clip
+from tests.ownvideo_inputs import make_bad_videos
+from tests.test_engine import ray_head, submit  # noqa: F401 - the module's own Ray head
+
+pytestmark = pytest.mark.slow
+
+
+def test_job_without_npz_splits_calibrates_poses_and_runs_the_pipeline(
+    ray_head,  # noqa: F811
+    synth_dir: Path,
+    tmp_path: Path,
+) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    good = sorted((synth_dir / "raw").glob("*.mp4"))[0]
+    shutil.copy(good, videos / good.name)
+    bad = make_bad_videos(str(good), tmp_path / "bad")
+    for name in ("staticvid", "shortvid"):
+        shutil.copy(bad[name], videos / f"{name}.mp4")
+    output = tmp_path / "out"
+    args = ("--videos", str(videos), "--output", str(output), "--min-clip-frames", "8")
+    result = submit(ray_head, *args)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+    clip_id = f"{good.stem}_0"
+    record = read_clip(str(output / "npz" / f"{clip_id}.npz"))
+    assert record.num_tracks > 0 and record.num_frames == 17  # the whole 17-frame video
+    np.testing.assert_allclose(record.camera2world[0], np.eye(4)[:3], atol=1e-5)
+    truth = read_clip(str(next((synth_dir / "npz").glob(f"{good.stem}_*.npz"))))
+    assert np.isin(truth.timestamps, record.timestamps).all()  # the video's own µs
+    calibration = json.loads((output / "calibration" / f"{good.stem}.json").read_text())
+    np.testing.assert_allclose(record.rectified2rig, calibration["rectified2rig"], atol=1e-6)
+    np.testing.assert_allclose(record.fov_bounds, [-90, 90, -90, 90])
+
+    failures = pq.read_table(output / "failures").to_pylist()
+    by_id = {row["clip_id"]: row for row in failures}
+    assert set(by_id) == {"staticvid", "shortvid"}
+    assert by_id["staticvid"]["stage"] == "clips" and "frozen" in by_id["staticvid"]["message"]
+    assert "5 frames" in by_id["shortvid"]["message"]
+
+    mtime = (output / "calibration" / f"{good.stem}.json").stat().st_mtime
+    again = submit(ray_head, *args)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert (output / "calibration" / f"{good.stem}.json").stat().st_mtime == mtime
+    assert '"clips_skipped": 1' in again.stdout

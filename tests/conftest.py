@@ -107,3 +107,11 @@ def stop_ray_cluster(token: str) -> None:
         if not alive:
             return
         targets = {p.pid: p for p in alive}
+
+
+def reload_ray_auth_token() -> None:
+    """Make this process's Ray client read RAY_AUTH_TOKEN again: Ray caches the token it
+    loaded first, and each test cluster has a token of its own."""
+    from ray._raylet import AuthenticationTokenLoader
+
+    AuthenticationTokenLoader.instance().reset_cache()

@@ -28,7 +28,7 @@ import pytest
 from s4d_ray.io import fs
 from s4d_ray.io.clip_io import read_clip, write_clip
 from s4d_ray.viz.report import read_report_data
-from tests.conftest import free_port, stop_ray_cluster
+from tests.conftest import free_port, reload_ray_auth_token, stop_ray_cluster
 from tests.tiny_models import TINY_SEA_RAFT_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +53,7 @@ def ray_head():
     }
     previous = {key: os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=env["RAY_AUTH_TOKEN"])
+    reload_ray_auth_token()
     started = subprocess.run(
         [
             str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
@@ -77,6 +78,7 @@ def ray_head():
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+    reload_ray_auth_token()
 
 
 @pytest.fixture(scope="module")

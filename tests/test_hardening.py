@@ -151,9 +151,12 @@ def bomb_npz(path, record: ClipRecord, extra_bytes: int) -> None:
 
 
 def peak_rss_of(code: str) -> tuple[int, str]:
-    """Run `code` in a fresh interpreter; its peak RSS (bytes) and stdout."""
+    """Run `code` in a fresh interpreter; its peak RSS (bytes) and stdout. VmHWM, not
+    getrusage: Linux carries `ru_maxrss` across exec, so a child of a large pytest process
+    would report the parent's size."""
     wrapped = (
-        code + "\nimport resource; print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        code + "\nimport re; status = open('/proc/self/status').read()\n"
+        "print('RSS', re.search(r'VmHWM:\\s+(\\d+)', status).group(1))"
     )
     done = subprocess.run(
         [sys.executable, "-c", wrapped], capture_output=True, text=True, timeout=120

@@ -110,8 +110,10 @@ def stop_ray_cluster(token: str) -> None:
 
 
 def reload_ray_auth_token() -> None:
-    """Make this process's Ray client read RAY_AUTH_TOKEN again: Ray caches the token it
-    loaded first, and each test cluster has a token of its own."""
-    from ray._raylet import AuthenticationTokenLoader
+    """Make this process's Ray client read RAY_AUTH_MODE and RAY_AUTH_TOKEN again: Ray caches
+    the mode (its config) and the token it saw first, and each test cluster has a token of
+    its own."""
+    from ray._raylet import AuthenticationTokenLoader, Config
 
+    Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()

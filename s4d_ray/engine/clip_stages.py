@@ -374,12 +374,13 @@ PER_TRACK_COLUMNS = ("visible", "motion", "colours")
 
 
 def optimize_rows(
-    rows: Sequence[Row], optimize_clips: Callable[..., list], stage: Stage
+    rows: Sequence[Row], optimize_clips: Callable[..., list], stage: Stage, min_tracks: int = 1
 ) -> list[Row]:
     """The optimize stage for a batch of clips in one batched optimiser call (failed rows pass through).
 
     If the batched call fails, clips are retried one by one so one bad clip fails alone.
-    `stage` is the optimiser's entry of the stage list (its columns and name).
+    `stage` is the optimiser's entry of the stage list (its columns and name). Tracks that the
+    optimiser's mask empties are dropped; a clip left with fewer than `min_tracks` fails.
     """
     live = [i for i, row in enumerate(rows) if not failed(row)]
 
@@ -414,16 +415,12 @@ def optimize_rows(
         # the optimiser's mask (visibility with gaps dilated) empties short tracks: a track
         # with no point left is not data, so it is not written
         kept = mask.any(axis=1)
-        if not kept.any():
-            out.append(
-                mark_failed(
-                    row,
-                    stage,
-                    TooFewTracksError(
-                        f"clip {row['clip_id']!r}: no track keeps a point under the optimiser's mask"
-                    ),
-                )
+        if kept.sum() < min_tracks:
+            error = TooFewTracksError(
+                f"clip {row['clip_id']!r}: {int(kept.sum())} tracks keep a point under the "
+                f"optimiser's mask, fewer than the minimum {min_tracks}"
             )
+            out.append(mark_failed(row, stage, error))
             continue
         for column in PER_TRACK_COLUMNS:
             row[column] = row[column][kept]

@@ -122,11 +122,17 @@ def setup_segmentation(job: Job) -> Any:
     return Segmenter(job.config.backend, **_model_options(job, "segmentation"))
 
 
-def setup_optimizer(job: Job) -> Callable[..., list]:
-    """The batched JAX optimiser, compiled once per frame bucket in this actor."""
+def setup_optimizer(job: Job) -> Callable[[list], list]:
+    """The batched JAX optimiser (compiled once per frame bucket in this actor), applied to a
+    batch of clip rows."""
     from s4d_ray.track.optimize import optimize_clips
 
-    return partial(optimize_clips, num_steps=job.config.optimizer.num_steps)
+    return partial(
+        clip_stages.optimize_rows,
+        optimize_clips=partial(optimize_clips, num_steps=job.config.optimizer.num_steps),
+        stage=STAGE["optimize"],
+        min_tracks=job.config.min_tracks,
+    )
 
 
 # --- the list ---------------------------------------------------------------------------------
@@ -206,7 +212,7 @@ STAGES: tuple[StageSpec, ...] = (
         adds={"points_opt": ("float32", 3), "mask": ("bool", 2)},
         kind=REDUCER,
         setup=setup_optimizer,
-        process=lambda rows, optimize: clip_stages.optimize_rows(rows, optimize, STAGE["optimize"]),
+        process=lambda rows, optimize_rows: optimize_rows(rows),
         batch_size=lambda config: config.optimizer.clips_per_batch,
         resources={
             "cpu": StageResources(num_cpus=0.5),

@@ -193,6 +193,20 @@ def loss_inputs(
     )
 
 
+def _along_ray_residuals(offsets: jax.Array, inputs: LossInputs) -> list[jax.Array]:
+    """Per second-difference step, the along-ray residual [N,T] of the dynamic loss; offsets
+    past a track's last real frame are held at that frame's value (edge padding)."""
+    last_offset = jnp.take_along_axis(offsets, inputs.last_frame[:, None], axis=1)
+    held = jnp.where(inputs.real_frame, offsets, last_offset)
+    return [
+        inputs.second_difference[index]
+        + inputs.ahead_cosine[index] * _shift_clamped(held, step)
+        - 2 * held
+        + inputs.behind_cosine[index] * _shift_clamped(held, -step)
+        for index, step in enumerate(SECOND_DIFFERENCE_STEPS)
+    ]
+
+
 def track_losses(offsets: jax.Array, inputs: LossInputs, settings: OptimizerSettings) -> jax.Array:
     """Eqn 5 per track `[N]` for `offsets [N,T]` m, in O(T) per track.
 
@@ -216,16 +230,8 @@ def track_losses(offsets: jax.Array, inputs: LossInputs, settings: OptimizerSett
         / ((mean_norm + 1e-5) ** 2 * jnp.maximum(count * count, 1.0))
     )
 
-    last_offset = jnp.take_along_axis(offsets, inputs.last_frame[:, None], axis=1)
-    held = jnp.where(inputs.real_frame, offsets, last_offset)
     dynamic = jnp.zeros_like(count)
-    for index, step in enumerate(SECOND_DIFFERENCE_STEPS):
-        along_ray = (
-            inputs.second_difference[index]
-            + inputs.ahead_cosine[index] * _shift_clamped(held, step)
-            - 2 * held
-            + inputs.behind_cosine[index] * _shift_clamped(held, -step)
-        )
+    for index, along_ray in enumerate(_along_ray_residuals(offsets, inputs)):
         dynamic = dynamic + jnp.sum(inputs.triple_weight[index] * along_ray**2, axis=1)
     dynamic = settings.w_dynamic * dynamic
 
@@ -282,16 +288,9 @@ def track_gradients(
         :, None
     ] * d_mean_norm
 
-    last_offset = jnp.take_along_axis(offsets, inputs.last_frame[:, None], axis=1)
-    held = jnp.where(inputs.real_frame, offsets, last_offset)
     d_held = jnp.zeros_like(offsets)
-    for index, step in enumerate(SECOND_DIFFERENCE_STEPS):
-        along_ray = (
-            inputs.second_difference[index]
-            + inputs.ahead_cosine[index] * _shift_clamped(held, step)
-            - 2 * held
-            + inputs.behind_cosine[index] * _shift_clamped(held, -step)
-        )
+    residuals = _along_ray_residuals(offsets, inputs)
+    for index, (step, along_ray) in enumerate(zip(SECOND_DIFFERENCE_STEPS, residuals, strict=True)):
         d_along = 2 * settings.w_dynamic * inputs.triple_weight[index] * along_ray
         d_held = (
             d_held

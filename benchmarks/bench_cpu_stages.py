@@ -6,13 +6,16 @@ displacement of before (`baseline_cpu_stages`) against the fused JAX kernel, int
 one process (the kernel's first call is reported apart: compile or cache load).
 
 Optimiser: `bench_optimize.make_problem` tracks (85 % static; tracks start in the first half
-of the clip and last a quarter to all of it, with random gaps), each measurement in a fresh
-process as a job's worker would be:
-  before = no persistent compilation cache, 1 << 13 chunk elements, every track padded to the
-           clip, gradient by jax.grad (the former code path);
-  after  = defaults (tracks cropped to their spans, 1 << 12 chunk elements, hand-written
-           gradient) with a warm persistent compilation cache (one earlier process filled it);
-  also `after, cold cache` (first process on a machine).
+of the clip and last a quarter to all of it, with random gaps). Each side runs in a fresh
+process, as a job's reducer would, and optimises the clip twice: the first clip (import,
+compile or cache load, optimise) and a later clip (optimise only):
+  before = `s4d_ray/track/optimize.py` as it was at `--baseline` (default: the last commit
+           before issue 15), read from git history: every track padded to the clip, gradient
+           by jax.grad, no persistent compilation cache;
+  after  = this checkout (tracks cropped to their spans, hand-written gradient, concatenate-
+           free shifts) with a warm persistent compilation cache (one earlier process filled
+           it); also `after, cold cache` (the first process on a machine).
+The before needs git history (a full clone).
 
     python -m benchmarks.bench_cpu_stages                 # 40,000 tracks x 200 frames
     python -m benchmarks.bench_cpu_stages --tracks 10000  # quicker
@@ -89,58 +92,105 @@ def bench_lift(num_tracks: int, num_frames: int, repeats: int) -> dict:
     }
 
 
+BASELINE_REVISION = "64d943e"
+"""The last commit before issue 15: its `s4d_ray/track/optimize.py` is the optimiser's before."""
+
+
+def _load_baseline_optimizer(revision: str):
+    """`s4d_ray/track/optimize.py` as of `revision`, read from this checkout's git history and
+    imported as a module of its own (it depends on jax, numpy and optax only)."""
+    import importlib.util
+
+    try:
+        source = subprocess.run(
+            ["git", "show", f"{revision}:s4d_ray/track/optimize.py"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise SystemExit(
+            f"bench_cpu_stages: the baseline optimiser needs git history with {revision} "
+            f"(a full clone, not a shallow one): {e}"
+        ) from e
+    path = Path(tempfile.mkdtemp()) / "baseline_optimize.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("baseline_optimize", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _optimizer_worker(
-    variant: str, num_tracks: int, num_frames: int, output: str, cache_dir: str
+    variant: str, num_tracks: int, num_frames: int, output: str, cache_dir: str, revision: str
 ) -> None:
-    """One optimiser call on the standard problem in this fresh process; one JSON line."""
+    """Two optimiser calls on the standard problem in this fresh process (the first clip of
+    a job's reducer, then a later one); one JSON line."""
     sys.path.insert(0, str(REPO_ROOT))
-    if variant == "before":
-        os.environ["S4D_JAX_CACHE"] = "0"
-    else:
-        os.environ["S4D_CACHE_DIR"] = cache_dir
+    os.environ["S4D_CACHE_DIR"] = cache_dir
     from benchmarks.bench_optimize import make_problem
 
-    points, visible, centers, motion = make_problem(num_tracks, num_frames)
+    clip = make_problem(num_tracks, num_frames)
+    calls = []
     start_wall, start_cpu = time.perf_counter(), time.process_time()
-    from s4d_ray.track.optimize import optimize_clips
-
-    options = {}
     if variant == "before":
-        options = {"crop_spans": False, "max_chunk_elements": 1 << 13, "autodiff": True}
-    ((optimized, mask),) = optimize_clips([(points, visible, centers, motion)], **options)
-    wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
+        optimize_clips = _load_baseline_optimizer(revision).optimize_clips
+    else:
+        from s4d_ray.track.optimize import optimize_clips
+    for _ in range(2):
+        ((optimized, mask),) = optimize_clips([clip])
+        calls.append(
+            {
+                "wall_s": round(time.perf_counter() - start_wall, 2),
+                "cpu_s": round(time.process_time() - start_cpu, 2),
+            }
+        )
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
     np.save(output, np.where(mask[..., None], optimized, np.nan))
-    print(json.dumps({"wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}))
+    print(json.dumps({"first_clip": calls[0], "later_clip": calls[1]}))
 
 
-def _run_worker(variant: str, num_tracks: int, num_frames: int, output: str, cache: str) -> dict:
+def _run_worker(variant: str, args: argparse.Namespace, output: str, cache: str) -> dict:
     command = [sys.executable, "-m", "benchmarks.bench_cpu_stages", "--worker", variant]
-    command += ["--tracks", str(num_tracks), "--frames", str(num_frames)]
-    command += ["--output", output, "--cache-dir", cache]
+    command += ["--tracks", str(args.tracks), "--frames", str(args.frames)]
+    command += ["--output", output, "--cache-dir", cache, "--baseline", args.baseline]
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def bench_optimizer(num_tracks: int, num_frames: int) -> dict:
+def bench_optimizer(args: argparse.Namespace) -> dict:
+    """Before (the code at `--baseline`) and after, each in fresh processes: the first clip of a
+    process (import, compile or cache load, optimise) and a later clip (optimise only)."""
     with tempfile.TemporaryDirectory() as scratch:
         cache = str(Path(scratch) / "cache")
         outputs = {v: str(Path(scratch) / f"{v}.npy") for v in ("before", "cold", "after")}
         runs = {
-            variant: _run_worker(variant, num_tracks, num_frames, outputs[variant], cache)
+            variant: _run_worker(variant, args, outputs[variant], cache)
             for variant in ("before", "cold", "after")  # `cold` fills the cache `after` reads
         }
         before, after = np.load(outputs["before"]), np.load(outputs["after"])
     both = np.isfinite(before).all(-1) & np.isfinite(after).all(-1)
     difference = np.abs(before - after)[both]
+
+    def speedup(run: str, call: str, clock: str) -> float:
+        return round(runs["before"][call][clock] / runs[run][call][clock], 2)
+
     return {
-        "measure": "optimizer_cpu_s_fresh_process",
-        "tracks": num_tracks,
-        "frames": num_frames,
+        "measure": "optimizer_s_per_clip",
+        "tracks": args.tracks,
+        "frames": args.frames,
+        "baseline": args.baseline,
         "before": runs["before"],
         "after_cold_cache": runs["cold"],
         "after_warm_cache": runs["after"],
-        "speedup_cpu": round(runs["before"]["cpu_s"] / runs["after"]["cpu_s"], 2),
-        "speedup_cpu_cold_cache": round(runs["before"]["cpu_s"] / runs["cold"]["cpu_s"], 2),
+        "speedup_later_clip": {c: speedup("after", "later_clip", c) for c in ("wall_s", "cpu_s")},
+        "speedup_first_clip_warm_cache": {
+            c: speedup("after", "first_clip", c) for c in ("wall_s", "cpu_s")
+        },
+        "speedup_first_clip_cold_cache": {
+            c: speedup("cold", "first_clip", c) for c in ("wall_s", "cpu_s")
+        },
         "nan_pattern_equal": bool((np.isnan(before) == np.isnan(after)).all()),
         "max_abs_difference_m": float(difference.max()),
         "median_abs_difference_m": float(np.median(difference)),
@@ -157,16 +207,23 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--baseline",
+        default=BASELINE_REVISION,
+        help="git revision whose optimiser is the before (default: before issue 15)",
+    )
     args = parser.parse_args()
     if args.worker:
-        _optimizer_worker(args.worker, args.tracks, args.frames, args.output, args.cache_dir)
+        _optimizer_worker(
+            args.worker, args.tracks, args.frames, args.output, args.cache_dir, args.baseline
+        )
         return
     results: dict = {"load_average_start": os.getloadavg()}
     if args.only in (None, "lift"):
         results["lift"] = bench_lift(args.tracks, args.frames, args.repeats)
         print(json.dumps(results["lift"]), flush=True)
     if args.only in (None, "optimizer"):
-        results["optimizer"] = bench_optimizer(args.tracks, args.frames)
+        results["optimizer"] = bench_optimizer(args)
         print(json.dumps(results["optimizer"]), flush=True)
     results["load_average_end"] = os.getloadavg()
     with open(args.out, "w") as f:

@@ -15,6 +15,7 @@
     python -m benchmarks.bench_tracking                 # all three, ~10 min on a busy 2-core box
     python -m benchmarks.bench_tracking --quick         # smaller clips and fewer repeats
     python -m benchmarks.bench_tracking --only queries  # or: bootstap, precision
+    python -m benchmarks.bench_tracking --only bootstap --tapir-frames 24  # longer tracks
 
 Prints one JSON object per measurement (CPU seconds: process time; steadier than wall time on
 a shared machine) and writes them all to --out.
@@ -237,13 +238,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", choices=("queries", "bootstap", "precision"))
     parser.add_argument("--out", default="bench_tracking.json")
+    parser.add_argument(
+        "--tapir-frames", type=int, help="frames of the BootsTAP runs (default 8; 4 with --quick)"
+    )
     args = parser.parse_args()
     args.street_clips = 1 if args.quick else 2
     args.frames = 20 if args.quick else 40
     args.size = 128 if args.quick else 256
     args.stride = 4
     args.interval = 10
-    args.tapir_frames = 4 if args.quick else 8
+    args.tapir_frames = args.tapir_frames or (4 if args.quick else 8)
     args.tapir_size = 256
     args.repeats = 1 if args.quick else 3
 

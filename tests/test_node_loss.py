@@ -74,7 +74,8 @@ def cluster():
         """A worker node by the README's recipe (cluster/local_worker.sh); its raylet's PID."""
         joined = subprocess.run(
             [str(REPO / "cluster" / "local_worker.sh")],
-            env={**env, "HEAD_ADDRESS": f"127.0.0.1:{port}", "RESOURCES": json.dumps({MODEL_NODE: 2})},
+            env={**env, "HEAD_ADDRESS": f"127.0.0.1:{port}", "RESOURCES": json.dumps({MODEL_NODE: 2}),
+                 "NODE_TEMP_DIR": tempfile.mkdtemp(prefix="n", dir=temp_dir)},
             capture_output=True, text=True, timeout=180,
         )  # fmt: skip
         if joined.returncode or not joined.stdout.strip().isdigit():

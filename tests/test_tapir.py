@@ -12,6 +12,7 @@ import torch
 
 from s4d_ray.models.tapir import (
     TAPIR,
+    _linear,
     _sample_frames,
     _sample_patches,
     _window_correlation,
@@ -157,6 +158,23 @@ def test_fused_refinement_matches_the_plain_one(small_model, chunk):
     for key in ("tracks", "occlusion", "expected_dist"):
         scale = plain[key].abs().max()
         assert (fused[key] - plain[key]).abs().max() <= 1e-4 * scale, key
+
+
+@pytest.mark.parametrize("gelu", [False, True])
+def test_fused_linear_matches_nn_linear_and_keeps_autograd(gelu):
+    """`_linear` (oneDNN on fp32 CPU inference) = nn.Linear (+ tanh GELU) to float rounding;
+    with autograd recording it takes the differentiable path and gradients flow."""
+    gen = torch.Generator().manual_seed(4)
+    layer = torch.nn.Linear(32, 64)
+    x = torch.randn(5, 7, 32, generator=gen)
+    expected = layer(x)
+    if gelu:
+        expected = torch.nn.functional.gelu(expected, approximate="tanh")
+    with torch.inference_mode():
+        torch.testing.assert_close(_linear(x, layer, gelu), expected, rtol=1e-5, atol=1e-5)
+    x.requires_grad_(True)
+    _linear(x, layer, gelu).sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None
 
 
 def test_sampling_reads_cell_centres_on_non_square_grids():

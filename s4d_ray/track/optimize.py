@@ -193,16 +193,41 @@ def loss_inputs(
     )
 
 
+_EDGE = max(SECOND_DIFFERENCE_STEPS)
+
+
+def _edge_padded(values: jax.Array) -> jax.Array:
+    """values [N,T] -> [N,T+2E] with E = the largest second-difference step: the first and
+    last frames repeated E times, so `_shift_clamped(values, step)` for |step| <= E is the
+    plain slice `padded[:, E+step : E+step+T]` (slices fuse; a concatenate per shift does not).
+    """
+    rows = values.shape[0]
+    head = jnp.broadcast_to(values[:, :1], (rows, _EDGE))
+    tail = jnp.broadcast_to(values[:, -1:], (rows, _EDGE))
+    return jnp.concatenate([head, values, tail], axis=1)
+
+
+def _fold_edge_padded(padded: jax.Array, length: int) -> jax.Array:
+    """Transpose of `_edge_padded` [N,T+2E] -> [N,T]: each pad frame adds into the edge frame
+    it repeats."""
+    frames = jnp.arange(length)[None, :]
+    head = jnp.sum(padded[:, :_EDGE], axis=1, keepdims=True)
+    tail = jnp.sum(padded[:, _EDGE + length :], axis=1, keepdims=True)
+    inner = padded[:, _EDGE : _EDGE + length]
+    return inner + jnp.where(frames == 0, head, 0.0) + jnp.where(frames == length - 1, tail, 0.0)
+
+
 def _along_ray_residuals(offsets: jax.Array, inputs: LossInputs) -> list[jax.Array]:
     """Per second-difference step, the along-ray residual [N,T] of the dynamic loss; offsets
     past a track's last real frame are held at that frame's value (edge padding)."""
+    length = offsets.shape[1]
     last_offset = jnp.take_along_axis(offsets, inputs.last_frame[:, None], axis=1)
-    held = jnp.where(inputs.real_frame, offsets, last_offset)
+    held = _edge_padded(jnp.where(inputs.real_frame, offsets, last_offset))
     return [
         inputs.second_difference[index]
-        + inputs.ahead_cosine[index] * _shift_clamped(held, step)
-        - 2 * held
-        + inputs.behind_cosine[index] * _shift_clamped(held, -step)
+        + inputs.ahead_cosine[index] * held[:, _EDGE + step : _EDGE + step + length]
+        - 2 * held[:, _EDGE : _EDGE + length]
+        + inputs.behind_cosine[index] * held[:, _EDGE - step : _EDGE - step + length]
         for index, step in enumerate(SECOND_DIFFERENCE_STEPS)
     ]
 
@@ -242,23 +267,6 @@ def track_losses(offsets: jax.Array, inputs: LossInputs, settings: OptimizerSett
     return (1 - motion_weight) * static + motion_weight * dynamic + regularization
 
 
-def _shift_clamped_adjoint(values: jax.Array, step: int) -> jax.Array:
-    """Transpose of `_shift_clamped(., step)` along axis 1: each output frame receives the sum
-    of the input frames whose clamped source it is."""
-    length = values.shape[1]
-    total = jnp.sum(values, axis=1, keepdims=True)
-    zeros = jnp.zeros_like(values)
-    if abs(step) >= length:  # every frame read the edge
-        edge = -1 if step > 0 else 0
-        return zeros.at[:, edge].set(total[:, 0])
-    if step > 0:  # out[j] = v[j - step] for step <= j < T-1; out[T-1] = sum v[T-1-step:]
-        tail = jnp.sum(values[:, length - 1 - step :], axis=1, keepdims=True)
-        return jnp.concatenate([zeros[:, :step], values[:, : length - 1 - step], tail], axis=1)
-    step = -step  # out[j] = v[j + step] for 0 < j <= T-1-step; out[0] = sum v[:step+1]
-    head = jnp.sum(values[:, : step + 1], axis=1, keepdims=True)
-    return jnp.concatenate([head, values[:, step + 1 :], zeros[:, :step]], axis=1)
-
-
 def track_gradients(
     offsets: jax.Array, inputs: LossInputs, settings: OptimizerSettings
 ) -> jax.Array:
@@ -267,8 +275,9 @@ def track_gradients(
 
     Static: d spread / d d_t = 2 w_t (P'_t - centroid) . r_t (the centroid's own term vanishes:
     the weighted deviations sum to zero), d mean|P'| / d d_t = w_t (a_t + d_t)/|P'_t| / M.
-    Dynamic: the second differences are linear in the held offsets; their transposes scatter
-    back through the clamped shifts (`_shift_clamped_adjoint`) and the held last frame.
+    Dynamic: the second differences are linear in the held offsets; their transposes pad back
+    into the edge-padded offsets, fold into the clip's edge frames (`_fold_edge_padded`) and
+    into the held last frame.
     """
     weight = inputs.frame_weight
     count = weight.sum(axis=1)
@@ -288,16 +297,21 @@ def track_gradients(
         :, None
     ] * d_mean_norm
 
+    length = offsets.shape[1]
     d_held = jnp.zeros_like(offsets)
+    d_padded = jnp.zeros((offsets.shape[0], length + 2 * _EDGE), offsets.dtype)
     residuals = _along_ray_residuals(offsets, inputs)
     for index, (step, along_ray) in enumerate(zip(SECOND_DIFFERENCE_STEPS, residuals, strict=True)):
         d_along = 2 * settings.w_dynamic * inputs.triple_weight[index] * along_ray
-        d_held = (
-            d_held
-            - 2 * d_along
-            + _shift_clamped_adjoint(inputs.ahead_cosine[index] * d_along, step)
-            + _shift_clamped_adjoint(inputs.behind_cosine[index] * d_along, -step)
+        d_held = d_held - 2 * d_along
+        # transposes of the windows at +step and -step of the edge-padded held offsets
+        d_padded = d_padded + jnp.pad(
+            inputs.ahead_cosine[index] * d_along, ((0, 0), (_EDGE + step, _EDGE - step))
         )
+        d_padded = d_padded + jnp.pad(
+            inputs.behind_cosine[index] * d_along, ((0, 0), (_EDGE - step, _EDGE + step))
+        )
+    d_held = d_held + _fold_edge_padded(d_padded, length)
     held_elsewhere = jnp.sum(jnp.where(inputs.real_frame, 0.0, d_held), axis=1)
     frames = jnp.arange(offsets.shape[1])[None, :]
     dynamic = jnp.where(inputs.real_frame, d_held, 0.0) + jnp.where(

@@ -20,23 +20,27 @@ Renders ONE synthetic clip of `--frames` frames (equirect eyes `--height` px; re
 The input npz's release tracks are placeholders (static world points): the engine computes its
 own tracks and reads only the cameras, rig rotations, fov bounds and timestamps of the input.
 
-Measured on the shared 2-core, 24 GiB dev machine (load 10-50 from other work), nice 19.
-`--frames 200 --clips 6 --height 256`, 4 GiB store, 4 logical CPUs:
-  * 6/6 clips done in 447 s, no OOM kill, no failure.
-  * Seconds per clip: decode 1.1, stereo 45.1, tracking 14.4, lift 6.4, optimize 1.2, write 0.5.
-  * Peak RSS (private = RSS minus shared pages):
-    TrackingActor 4.3 GiB (1.9 GiB private), StereoActor 3.4 GiB (2.0), write/decode task
-    worker 3.0 GiB (1.0), SegmentationActor 2.0 GiB, OptimizeActor 1.5 GiB, driver 0.37 GiB.
-  * Ray Data's issue detector put StereoActor at 2.0 GiB per worker.
-  * Object store: peak 1.6 GiB in use of 4 GiB (Ray Data budgets half of it), 0 B spilled.
-  * Sum of private memory over all processes, per window between clip writes: max 4.5 GiB
-    (clips 1-4 in flight), then 4.4, 1.7 and 1.4 GiB after the last. The optimiser writes
-    clips 4 at a time (`clips_per_batch` 4), so there are two windows of note. Neither grows.
-`--neural-frames 4 --neural-in-process` (4 frames at 512², tracking query stride 32):
-  * Seconds: stereo 27.0, tracking 20.5, segmentation 33.6.
-  * One process with all three models: peak RSS 2.0 GiB.
-  * The clip fails in optimize, as random weights leave no track under the mask.
-  * Ray-based neural runs here were killed twice by other sessions' `ray stop`.
+Measured on the 2-core, 24 GiB dev machine (otherwise idle), nice 5.
+`--frames 200 --clips 12 --height 256`, 4 GiB store, 4 logical CPUs:
+  * 12/12 clips done in 425 s, no OOM kill, no failure.
+  * Seconds per clip: decode 0.8, stereo 20.6, tracking 6.8, lift 3.4, optimize 0.7, write 0.1.
+  * Peak RSS (private = RSS minus shared pages): TrackingActor 5.4 GiB (3.3 GiB private),
+    StereoActor 3.8 GiB (2.0), write task worker 3.6 GiB (1.1), SegmentationActor 2.4 GiB
+    (0.1), OptimizeActor 1.9 GiB (1.1), decode workers 0.55 GiB, driver 0.34 GiB.
+  * Object store: peak 2.0 GiB in use of 4 GiB, 0 B spilled.
+  * Sum of private memory over all processes, per window between clip writes (the optimiser
+    writes 4 clips at a time, so clips 1, 5 and 9 open the windows): max 4.8, 6.4 and 7.1 GiB,
+    then 2.1 GiB after the last clip. The steps shrink as the pipeline fills (each actor
+    holds up to 4 clips in flight); tracking and lift of one 200-frame clip repeated 8 times
+    in one process stayed at 2,879 MiB anonymous memory, so the stage code itself does not
+    grow.
+`--skip-cpu` (the neural clip through Ray: 4 frames at 512², tracking query stride 32, model
+pools at 0.5 CPU, decode 1 CPU, optimiser 0.5 CPU):
+  * 1/1 clip in 87 s; seconds: stereo 13.3, tracking 16.7, segmentation 42.0.
+  * Peak RSS: SegmentationActor 1.4 GiB, TrackingActor 1.2 GiB, StereoActor 1.0 GiB.
+  * With the neural defaults (sized for GPU nodes: 2-CPU decode and optimiser, 1 CPU per
+    model actor) the pools filled the 4-CPU cluster and the run waited forever; the driver's
+    preflight now refuses such a config at once.
 
     python -m benchmarks.bench_full_clip [--frames 200] [--clips 6] [--height 384]
         [--object-store-gib 4] [--neural-frames 4] [--neural-in-process] [--skip-cpu]
@@ -442,11 +446,14 @@ def main() -> None:
             name = copy_clip(data, source, 9000, frames=args.neural_frames)
             os.link(os.path.join(data, "npz", f"{name}.npz"), os.path.join(npz, f"{name}.npz"))
             weights = neural_checkpoints(root)
-            no_gpu = {"num_gpus": 0.0, "num_cpus": 1, "max_actors": 1}
+            # the neural defaults (2-CPU decode and optimiser, 1 CPU per model actor) are sized
+            # for GPU nodes and do not fit this cluster at once (the preflight says so)
+            no_gpu = {"num_gpus": 0.0, "num_cpus": 0.5, "max_actors": 1}
             neural = {
                 "backend": "neural",
                 "min_tracks": 0,  # random weights track nothing consistent; memory/time is measured
-                "stages": {s: dict(no_gpu) for s in ("stereo", "tracking", "segmentation")},
+                "stages": {s: dict(no_gpu) for s in ("stereo", "tracking", "segmentation")}
+                | {"decode": {"num_cpus": 1.0}, "optimize": {"num_cpus": 0.5}},
                 "models": {
                     "stereo": {"weights_uri": weights["stereo"]},
                     "tracking": {

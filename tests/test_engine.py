@@ -593,3 +593,40 @@ def test_gpu_stage_on_a_gpu_less_cluster_fails_at_once(ray_head, synth_dir, tmp_
         ray.shutdown()
     assert not list((tmp_path / "out" / "npz").iterdir())  # nothing was computed
     assert not (tmp_path / "out" / ".s4d-lease.json").exists()  # the lease was released
+
+
+def test_pools_that_leave_no_cpu_for_decode_fail_at_once(ray_head, synth_dir, tmp_path):
+    """Each stage fits a node of the 4-CPU head, but three 1-CPU model pools, the optimiser's
+    pool and a 2-CPU decode task do not fit at once: Ray Data would start the pools and wait
+    forever for decode (a full-size neural run on CPU hung so). The driver fails at once,
+    naming the stages and the totals."""
+    import ray
+
+    from s4d_ray.engine.config import config_from_dict
+    from s4d_ray.engine.pipeline import run_pipeline
+    from s4d_ray.engine.preflight import ClusterResourcesError
+
+    one_cpu = {"num_cpus": 1, "max_actors": 1}
+    config = config_from_dict(
+        {
+            "stages": {
+                "stereo": one_cpu,
+                "segmentation": one_cpu,
+                "tracking": one_cpu,
+                "decode": {"num_cpus": 2},
+            }
+        }
+    )
+    ray.init(address=ray_head["address"])
+    try:
+        with pytest.raises(
+            ClusterResourcesError,
+            match=r"needs 5\.\d+ CPU at once .*stereo 1, .*one decode task 2\) but the Ray "
+            r"cluster has 4 CPU",
+        ):
+            run_pipeline(
+                str(synth_dir / "npz"), str(tmp_path / "out"), config, videos=str(synth_dir / "raw")
+            )
+    finally:
+        ray.shutdown()
+    assert not list((tmp_path / "out" / "npz").iterdir())

@@ -332,7 +332,8 @@ def _run_pipeline(
     )
     if not ray.is_initialized():
         log.info("Ray: %s", connect_ray())
-    check_cluster_resources(config)  # a GPU stage on a GPU-less cluster would wait forever
+    # a GPU stage on a GPU-less cluster, or pools that leave no CPU for decode, wait forever
+    check_cluster_resources(config, frozenset(spec.name for spec in STAGES if is_pool(spec)))
 
     failures = [
         ClipFailure(r["clip_id"], r["error_stage"], r["error_type"], r["error_message"])

@@ -7,7 +7,8 @@ hours, with the path or the stage named.
   folder as `--output` used to be found only when the first clip was written).
 - `remove_stale_temp_files`: temp files of writers killed mid-write (run under the lease).
 - `check_cluster_resources`: a stage asking for GPUs (or more CPUs than a node has) on a
-  cluster that cannot provide them would wait forever for an actor.
+  cluster that cannot provide them would wait forever for an actor; so would a pipeline whose
+  actor pools, at their minimum sizes, leave no room for a task of its task stages.
 """
 
 from __future__ import annotations
@@ -111,10 +112,13 @@ def _most_per_node(nodes: list[dict], key: str) -> float:
     )
 
 
-def check_cluster_resources(config: PipelineConfig) -> None:
+def check_cluster_resources(config: PipelineConfig, pool_stages: frozenset[str]) -> None:
     """Every stage's per-actor/per-task CPUs and GPUs must fit on some node of the connected
-    cluster, or on a node type the cluster's autoscaler may add. Raise ClusterResourcesError
-    naming the stage, what it asks for and what the cluster has."""
+    cluster, or on a node type the cluster's autoscaler may add; and, on a cluster without an
+    autoscaler, all actor pools (`pool_stages`) at their minimum sizes plus one task of the
+    hungriest task stage must fit in the cluster's total at once (Ray Data starts every pool
+    before it streams, so otherwise the job waits forever). Raise ClusterResourcesError
+    naming the stages, what they ask for and what the cluster has."""
     import ray
 
     nodes = ray.nodes()
@@ -141,3 +145,36 @@ def check_cluster_resources(config: PipelineConfig) -> None:
                 "stage's actors would wait forever. Lower it in --config, or use a cluster "
                 f"with {key}s" + (" (or --backend cpu)" if key == "GPU" else "")
             )
+    if not scalable:
+        _check_pipeline_fits(config, pool_stages, total)
+
+
+def _check_pipeline_fits(
+    config: PipelineConfig, pool_stages: frozenset[str], total: Mapping[str, float]
+) -> None:
+    for key, field in (("CPU", "num_cpus"), ("GPU", "num_gpus")):
+        pools = {
+            name: res.min_actors * getattr(res, field)
+            for name, res in config.stages.items()
+            if name in pool_stages and getattr(res, field)
+        }
+        tasks = {
+            name: getattr(res, field)
+            for name, res in config.stages.items()
+            if name not in pool_stages and getattr(res, field)
+        }
+        largest_task = max(tasks, key=tasks.get, default=None)
+        needed = sum(pools.values()) + (tasks[largest_task] if largest_task else 0.0)
+        has = float(total.get(key, 0))
+        if needed <= has + 1e-9:
+            continue
+        parts = [f"{name} {amount:g}" for name, amount in pools.items()]
+        if largest_task:
+            parts.append(f"one {largest_task} task {tasks[largest_task]:g}")
+        raise ClusterResourcesError(
+            f"the pipeline needs {needed:g} {key} at once (actor pools at min_actors, then a "
+            f"task: {', '.join(parts)}) but the Ray cluster has {has:g} {key} and no "
+            "autoscaler; it would wait forever. Lower stages.<stage>.num_"
+            f"{key.lower()}s or min_actors in --config, or give the cluster more {key}s "
+            "(a local head: `ray start --head --num-cpus 4`, as cluster/local_head.sh does)"
+        )

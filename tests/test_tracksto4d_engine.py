@@ -18,10 +18,10 @@ from s4d_ray.io.clip_io import read_clip, write_clip
 from s4d_ray.io.writer import read_parquet_clips
 from s4d_ray.models.tracksto4d import TracksTo4D, save_tracksto4d
 from s4d_ray.synthetic.synth import load_ground_truth
+from s4d_ray.track.moving import moving_by_extent
 from s4d_ray.tracksto4d.data import (
     clip_tracks,
     frame_windows,
-    moving_tracks,
     network_input,
     select_tracks,
 )
@@ -65,7 +65,7 @@ def test_projected_release_tracks_give_back_the_2d_tracks(first_clip):
     assert error.max() < 1e-3, error.max()  # px; float32 storage of the 3D points
     norm = tracks.normalized()[gt["visible"]]
     assert np.abs(norm).max() < np.tan(np.radians(30)) + 1e-6  # inside the 60° view
-    moving = moving_tracks(tracks.points_world)
+    moving = moving_by_extent(tracks.points_world)
     on_objects = gt["track_object_ids"] > 0
     assert moving.any() and np.mean(moving == on_objects) > 0.95
 

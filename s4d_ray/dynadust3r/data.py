@@ -38,7 +38,7 @@ from s4d_ray.io.clip_io import ClipRecord, npz_stem, read_clip
 from s4d_ray.io.dense import dense_file, output_root_of_npz, read_dense
 from s4d_ray.io.ids import validate_video_id
 from s4d_ray.io.video import decode_first_frames
-from s4d_ray.tracksto4d.data import moving_tracks
+from s4d_ray.track.moving import moving_by_extent
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def moving_fraction(tracks: np.ndarray, threshold_m: float) -> float:
     """Fraction of tracks [N,T,3] (world m, NaN = unseen) whose seen positions span > threshold."""
     if tracks.shape[0] == 0:
         return 0.0
-    return float(np.mean(moving_tracks(tracks, threshold_m)))
+    return float(np.mean(moving_by_extent(tracks, threshold_m)))
 
 
 def to_camera(points_world: np.ndarray, world2camera: np.ndarray) -> np.ndarray:

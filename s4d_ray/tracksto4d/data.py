@@ -16,6 +16,7 @@ import numpy as np
 
 from s4d_ray.geometry.camera import RECTIFIED_HFOV_DEG, RECTIFIED_SIZE, intrinsics
 from s4d_ray.io.clip_io import ClipRecord
+from s4d_ray.track.moving import moving_by_extent
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +89,6 @@ def clip_tracks(
         k=k,
         image_size=image_size,
     )
-
-
-def moving_tracks(points_world: np.ndarray, threshold_m: float = 0.05) -> np.ndarray:
-    """[N] bool: the track's stored world positions [N,T,3] (NaN = unseen) span > threshold."""
-    lo, hi = np.fmin.reduce(points_world, axis=1), np.fmax.reduce(points_world, axis=1)
-    return np.linalg.norm(np.nan_to_num(hi - lo), axis=-1) > threshold_m
 
 
 def frame_windows(num_frames: int, size: int = 50, overlap: int = 10) -> list[tuple[int, int]]:
@@ -207,7 +202,7 @@ def clip_samples(
     if tracks.num_frames < f:
         counts.clips_too_short += 1
         return []
-    moving = moving_tracks(tracks.points_world, config.moving_threshold_m).astype(np.float32)
+    moving = moving_by_extent(tracks.points_world, config.moving_threshold_m).astype(np.float32)
     w2c = np.linalg.inv(tracks.camera2world)  # [T,4,4]
     normalized = tracks.normalized()
     samples = []

@@ -22,7 +22,8 @@ import numpy as np
 
 from s4d_ray.errors import StageError
 from s4d_ray.geometry.pose_metrics import ate_sim3, rpe
-from s4d_ray.tracksto4d.data import ClipTracks, moving_tracks
+from s4d_ray.track.moving import moving_by_extent
+from s4d_ray.tracksto4d.data import ClipTracks
 from s4d_ray.tracksto4d.inference import ClipPrediction
 
 DELTA = 1.25
@@ -82,7 +83,7 @@ def evaluate_prediction(tracks: ClipTracks, prediction: ClipPrediction) -> dict[
     """All metrics of one clip (see the module docstring) as a flat-ish JSON-able dict."""
     truth = tracks.depth[prediction.tracks]
     visible = tracks.visible[prediction.tracks]
-    moving = moving_tracks(tracks.points_world[prediction.tracks])
+    moving = moving_by_extent(tracks.points_world[prediction.tracks])
     return {
         "per_frame": depth_metrics(prediction.depth, truth, visible),
         "global": depth_metrics(prediction.depth, truth, visible, global_scale=True),

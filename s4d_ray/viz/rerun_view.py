@@ -50,6 +50,7 @@ from s4d_ray.geometry.camera import (
 )
 from s4d_ray.io import fs
 from s4d_ray.io.clip_io import ClipRecord, read_clip
+from s4d_ray.track.moving import moving_by_image_motion
 from s4d_ray.viz.colours import MOVING_RGB, STATIC_RGB, depth_colours
 
 log = logging.getLogger("s4d_ray.viz.rerun_view")
@@ -57,7 +58,6 @@ log = logging.getLogger("s4d_ray.viz.rerun_view")
 APPLICATION_ID = "s4d_ray"
 FRAME_TIMELINE = "frame"
 TIME_TIMELINE = "time"
-MOVING_P90_PX = 20.0  # the optimiser's dynamic-weight threshold (track.optimize)
 
 
 @dataclass(frozen=True)
@@ -126,16 +126,6 @@ def select_tracks(num_tracks: int, max_tracks: int) -> np.ndarray:
     if max_tracks <= 0 or num_tracks <= max_tracks:
         return np.arange(num_tracks)
     return np.unique(np.linspace(0, num_tracks - 1, max_tracks).round().astype(np.int64))
-
-
-def moving_tracks(motion: np.ndarray, stored: np.ndarray) -> np.ndarray:
-    """Moving tracks [N] bool: p90 of `motion [N,T]` px over `stored [N,T]` frames > 20 px."""
-    values = np.where(stored, np.asarray(motion, np.float64), np.nan)
-    has = np.isfinite(values).any(axis=1)
-    p90 = np.full(len(values), -np.inf)
-    if has.any():
-        p90[has] = np.nanpercentile(values[has], 90, axis=1)
-    return p90 > MOVING_P90_PX
 
 
 def _frames_source(
@@ -282,7 +272,7 @@ def log_clip(
     elif options.colour == "motion":
         if "motion" in record.extras:
             motion = np.asarray(record.extras["motion"], np.float32)[chosen]
-            moving = moving_tracks(motion, stored)
+            moving = moving_by_image_motion(motion, stored)
         else:
             result.missing.append("motion: no `motion` extra (release npz?); coloured by depth")
     if record.num_tracks:

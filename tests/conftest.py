@@ -99,11 +99,12 @@ def stop_ray_cluster(token: str) -> None:
                     targets.setdefault(child.pid, child)
         except psutil.Error:
             continue
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    # a test cluster holds nothing worth a long grace: 5 s after SIGTERM, SIGKILL
+    for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 15)):
         for proc in targets.values():
             with contextlib.suppress(psutil.Error):
                 proc.send_signal(sig)
-        _, alive = psutil.wait_procs(list(targets.values()), timeout=15)
+        _, alive = psutil.wait_procs(list(targets.values()), timeout=grace)
         if not alive:
             return
         targets = {p.pid: p for p in alive}

@@ -2,8 +2,9 @@
 
 Lift: `lift_tracks` + motion displacement on a synthetic 200-frame 512x512 clip (random-walk
 tracks over a depth map with invalid regions, a turning and walking camera), the numpy motion
-displacement of before (`baseline_cpu_stages`) against the fused JAX kernel, interleaved in
-one process (the kernel's first call is reported apart: compile or cache load).
+displacement of before (`s4d_ray/track/lift.py` at `--baseline`, read from git history)
+against the fused JAX kernel, interleaved in one process (the kernel's first call is
+reported apart: compile or cache load).
 
 Optimiser: `bench_optimize.make_problem` tracks (85 % static; tracks start in the first half
 of the clip and last a quarter to all of it, with random gaps). Each side runs in a fresh
@@ -15,7 +16,7 @@ compile or cache load, optimise) and a later clip (optimise only):
   after  = this checkout (tracks cropped to their spans, hand-written gradient, concatenate-
            free shifts) with a warm persistent compilation cache (one earlier process filled
            it); also `after, cold cache` (the first process on a machine).
-The before needs git history (a full clone).
+Both befores need git history (a full clone).
 
     python -m benchmarks.bench_cpu_stages                 # 40,000 tracks x 200 frames
     python -m benchmarks.bench_cpu_stages --tracks 10000  # quicker
@@ -57,9 +58,12 @@ def make_lift_problem(num_tracks: int, num_frames: int, size: int = 512, seed: i
     return tracks, visible, depth, world2camera
 
 
-def bench_lift(num_tracks: int, num_frames: int, repeats: int) -> dict:
-    from benchmarks.baseline_cpu_stages import baseline_motion_displacement
+def bench_lift(num_tracks: int, num_frames: int, repeats: int, revision: str) -> dict:
     from s4d_ray.track.lift import lift_tracks, motion_displacement
+
+    baseline_motion_displacement = _load_baseline(
+        "s4d_ray/track/lift.py", revision
+    ).motion_displacement
 
     tracks, visible, depth, w2c = make_lift_problem(num_tracks, num_frames)
     start = time.process_time()
@@ -93,17 +97,19 @@ def bench_lift(num_tracks: int, num_frames: int, repeats: int) -> dict:
 
 
 BASELINE_REVISION = "64d943e"
-"""The last commit before issue 15: its `s4d_ray/track/optimize.py` is the optimiser's before."""
+"""The last commit before issue 15: its `s4d_ray/track/lift.py` and `optimize.py` are the
+before of motion displacement and of the optimiser."""
 
 
-def _load_baseline_optimizer(revision: str):
-    """`s4d_ray/track/optimize.py` as of `revision`, read from this checkout's git history and
-    imported as a module of its own (it depends on jax, numpy and optax only)."""
+def _load_baseline(module_path: str, revision: str):
+    """The module at `module_path` as of `revision`, read from this checkout's git history and
+    imported under a name of its own (both baselines import only numpy, jax, optax and
+    `s4d_ray.geometry.camera`, which the current checkout provides)."""
     import importlib.util
 
     try:
         source = subprocess.run(
-            ["git", "show", f"{revision}:s4d_ray/track/optimize.py"],
+            ["git", "show", f"{revision}:{module_path}"],
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
@@ -111,12 +117,13 @@ def _load_baseline_optimizer(revision: str):
         ).stdout
     except (OSError, subprocess.CalledProcessError) as e:
         raise SystemExit(
-            f"bench_cpu_stages: the baseline optimiser needs git history with {revision} "
+            f"bench_cpu_stages: the baseline {module_path} needs git history with {revision} "
             f"(a full clone, not a shallow one): {e}"
         ) from e
-    path = Path(tempfile.mkdtemp()) / "baseline_optimize.py"
+    name = "baseline_" + Path(module_path).stem
+    path = Path(tempfile.mkdtemp()) / f"{name}.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("baseline_optimize", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -135,7 +142,7 @@ def _optimizer_worker(
     calls = []
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     if variant == "before":
-        optimize_clips = _load_baseline_optimizer(revision).optimize_clips
+        optimize_clips = _load_baseline("s4d_ray/track/optimize.py", revision).optimize_clips
     else:
         from s4d_ray.track.optimize import optimize_clips
     for _ in range(2):
@@ -210,7 +217,8 @@ def main() -> None:
     parser.add_argument(
         "--baseline",
         default=BASELINE_REVISION,
-        help="git revision whose optimiser is the before (default: before issue 15)",
+        help="git revision whose motion displacement and optimiser are the before "
+        "(default: before issue 15)",
     )
     args = parser.parse_args()
     if args.worker:
@@ -220,7 +228,7 @@ def main() -> None:
         return
     results: dict = {"load_average_start": os.getloadavg()}
     if args.only in (None, "lift"):
-        results["lift"] = bench_lift(args.tracks, args.frames, args.repeats)
+        results["lift"] = bench_lift(args.tracks, args.frames, args.repeats, args.baseline)
         print(json.dumps(results["lift"]), flush=True)
     if args.only in (None, "optimizer"):
         results["optimizer"] = bench_optimizer(args)

@@ -251,12 +251,11 @@ class _MixerBlock(nn.Module):
         self.layer_norm_1 = nn.LayerNorm(channels, bias=False)
         self.conv_channels_mixer = _ChannelMLP(channels)
 
-    fused: bool = True
-    """Channels-last temporal convs as shifted multiply-adds (`_temporal_conv`); False runs
-    them as grouped `Conv1d`s on transposed copies (the plain path, same parameters)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.fused:
+    def forward(self, x: torch.Tensor, fused: bool = True) -> torch.Tensor:
+        """x [M,T,C]. `fused`: temporal convs as channel-last shifted multiply-adds
+        (`_temporal_conv`) and the channel MLP by `_linear`; False: grouped `Conv1d`s on
+        transposed copies and `nn.Linear` (the plain path, same parameters)."""
+        if not fused:
             y = self.layer_norm(x).transpose(1, 2)
             y = self.mlp1_up_1(F.gelu(self.mlp1_up(y), approximate="tanh"))
             x = x + y.unflatten(1, (x.shape[-1], 4)).sum(2).transpose(1, 2)
@@ -322,15 +321,13 @@ class _Mixer(nn.Module):
         self.layer_norm = nn.LayerNorm(hidden, bias=False)
         self.linear_1 = nn.Linear(hidden, out_channels)
 
-    fused: bool = True
-    """Linears by `_linear` (oneDNN on CPU); False: the plain `nn.Linear` calls."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _linear(x, self.linear) if self.fused else self.linear(x)
+    def forward(self, x: torch.Tensor, fused: bool = True) -> torch.Tensor:
+        """`fused`: linears by `_linear` and fused blocks; False: the plain formulation."""
+        x = _linear(x, self.linear) if fused else self.linear(x)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, fused)
         x = self.layer_norm(x)
-        return _linear(x, self.linear_1) if self.fused else self.linear_1(x)
+        return _linear(x, self.linear_1) if fused else self.linear_1(x)
 
 
 class TAPIR(nn.Module):
@@ -354,9 +351,6 @@ class TAPIR(nn.Module):
     def set_fused_refinement(self, fused: bool) -> TAPIR:
         """Choose the fused (default) or the plain refinement; returns self."""
         self.fused_refinement = fused
-        self.torch_pips_mixer.fused = fused
-        for block in self.torch_pips_mixer.blocks:
-            block.fused = fused
         return self
 
     def __init__(
@@ -610,7 +604,8 @@ class TAPIR(nn.Module):
         mixer_in = torch.cat(
             [torch.zeros_like(points), occ[..., None], expd[..., None], state, *corrs], dim=-1
         )
-        out = self.torch_pips_mixer(mixer_in.flatten(0, 1).float()).unflatten(0, points.shape[:2])
+        out = self.torch_pips_mixer(mixer_in.flatten(0, 1).float(), self.fused_refinement)
+        out = out.unflatten(0, points.shape[:2])
         res_h, res_w = resolution
         step = out[..., :2] * torch.tensor([init_w / res_w, init_h / res_h], device=out.device)
         return points + step, occ + out[..., 2], expd + out[..., 3], state + out[..., 4:]

@@ -141,9 +141,9 @@ def motion_displacement(
 
     One fused XLA loop per lag (JAX, float64, `_motion_chunk`) over chunks of `chunk_size`
     tracks, frames padded to the optimiser's buckets, so a process compiles once per bucket
-    (and, with the persistent compilation cache, once per machine). The unfused numpy
-    formulation is kept in `benchmarks/baseline_cpu_stages.py`; the two agree to float64
-    rounding (identical float32 results on a 40k x 200 clip).
+    (and, with the persistent compilation cache, once per machine). It agrees with the
+    former unfused numpy formulation (`benchmarks/bench_cpu_stages.py` runs it from git
+    history) to float64 rounding (identical float32 results on a 40k x 200 clip).
 
     Args:
         points: [N,T,3] m world. valid: [N,T] bool. world2camera: [T,3,4].

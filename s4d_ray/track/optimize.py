@@ -232,6 +232,29 @@ def _along_ray_residuals(offsets: jax.Array, inputs: LossInputs) -> list[jax.Arr
     ]
 
 
+class _StaticGeometry(NamedTuple):
+    """What the static loss and its gradient share, per chunk."""
+
+    count: jax.Array  # [N] mask frames M
+    norm: jax.Array  # [N,T] m, |P'| (1 off the mask)
+    mean_norm: jax.Array  # [N] m, mean |P'| over the mask
+    deviation: jax.Array  # [3,N,T] m, P' minus its mask centroid (centred coordinates)
+    spread: jax.Array  # [N] m^2, sum over the mask of |deviation|^2
+
+
+def _static_geometry(offsets: jax.Array, inputs: LossInputs) -> _StaticGeometry:
+    weight = inputs.frame_weight
+    count = weight.sum(axis=1)
+    adjusted_squared_norm = inputs.squared_norm + offsets * (2 * inputs.along_ray + offsets)
+    norm = jnp.sqrt(jnp.where(weight > 0, adjusted_squared_norm, 1.0))
+    mean_norm = jnp.sum(weight * norm, axis=1) / (count + 1e-8)
+    moved = inputs.centred_points + offsets * inputs.ray_unit
+    centroid = jnp.sum(weight * moved, axis=2) / jnp.maximum(count, 1.0)
+    deviation = moved - centroid[..., None]
+    spread = jnp.sum(weight * jnp.sum(deviation**2, axis=0), axis=1)
+    return _StaticGeometry(count, norm, mean_norm, deviation, spread)
+
+
 def track_losses(offsets: jax.Array, inputs: LossInputs, settings: OptimizerSettings) -> jax.Array:
     """Eqn 5 per track `[N]` for `offsets [N,T]` m, in O(T) per track.
 
@@ -240,14 +263,7 @@ def track_losses(offsets: jax.Array, inputs: LossInputs, settings: OptimizerSett
     difference expanded as a constant plus the offsets' contribution through ray cosines.
     """
     weight = inputs.frame_weight
-    count = weight.sum(axis=1)
-
-    adjusted_squared_norm = inputs.squared_norm + offsets * (2 * inputs.along_ray + offsets)
-    norm = jnp.sqrt(jnp.where(weight > 0, adjusted_squared_norm, 1.0))
-    mean_norm = jnp.sum(weight * norm, axis=1) / (count + 1e-8)
-    moved = inputs.centred_points + offsets * inputs.ray_unit
-    centroid = jnp.sum(weight * moved, axis=2) / jnp.maximum(count, 1.0)
-    spread = jnp.sum(weight * jnp.sum((moved - centroid[..., None]) ** 2, axis=0), axis=1)
+    count, _, mean_norm, _, spread = _static_geometry(offsets, inputs)
     static = (
         settings.w_static
         * count
@@ -280,15 +296,7 @@ def track_gradients(
     into the held last frame.
     """
     weight = inputs.frame_weight
-    count = weight.sum(axis=1)
-
-    adjusted_squared_norm = inputs.squared_norm + offsets * (2 * inputs.along_ray + offsets)
-    norm = jnp.sqrt(jnp.where(weight > 0, adjusted_squared_norm, 1.0))
-    mean_norm = jnp.sum(weight * norm, axis=1) / (count + 1e-8)
-    moved = inputs.centred_points + offsets * inputs.ray_unit
-    centroid = jnp.sum(weight * moved, axis=2) / jnp.maximum(count, 1.0)
-    deviation = moved - centroid[..., None]
-    spread = jnp.sum(weight * jnp.sum(deviation**2, axis=0), axis=1)
+    count, norm, mean_norm, deviation, spread = _static_geometry(offsets, inputs)
     scale = settings.w_static * count / jnp.maximum(count * count, 1.0)
     denominator = mean_norm + 1e-5
     d_spread = 2 * weight * jnp.sum(deviation * inputs.ray_unit, axis=0)

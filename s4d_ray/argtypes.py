@@ -64,3 +64,17 @@ def _bound(value: float | None, open_text: str) -> str:
 
 def _span(low: int | None, high: int | None) -> str:
     return f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+
+
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N, mps"
+
+
+def device_name(text: str) -> str:
+    """A torch device name of the form auto, cpu, cuda, cuda:N or mps; whether that device
+    exists here is checked when it is used (`s4d_ray.models.device.pick_device`)."""
+    kind, _, index = text.partition(":")
+    if kind in ("auto", "cpu", "mps") and not index and ":" not in text:
+        return text
+    if kind == "cuda" and (":" not in text or (index.isascii() and index.isdigit())):
+        return text
+    raise argparse.ArgumentTypeError(f"expected one of {DEVICE_FORMS}, got {text!r}")

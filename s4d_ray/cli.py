@@ -23,9 +23,24 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_output_folder(uri: str, flag: str) -> None:
+    """Refuse an output folder that exists as something else (a file, a FIFO) before any
+    work: otherwise the command fails at its first write, after the work, with an errno."""
+    import os
+
+    from s4d_ray.errors import InputError
+    from s4d_ray.io import fs
+
+    if fs.is_local(uri):
+        path = fs.filesystem(uri)[1]
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise InputError(f"{flag} {uri!r} exists and is not a folder")
+
+
 def _rectify(args: argparse.Namespace) -> int:
     from s4d_ray.geometry.rectify import rectify_to_files
 
+    _check_output_folder(args.output_folder, "--output_folder")
     left, right = rectify_to_files(
         args.vid, args.npz_folder, args.raw_video_folder, args.output_folder, args.output_hfov
     )
@@ -42,11 +57,18 @@ def _run(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from s4d_ray.dynadust3r.inference import predict_to_files, read_image, read_video_pair
+    from s4d_ray.io import fs
+    from s4d_ray.io.overlap import check_output
 
+    sources = {"--video": args.video or "", "--checkpoint": args.checkpoint}
+    sources.update({f"--images {i + 1}": uri for i, uri in enumerate(args.images or [])})
+    for name in ("prediction.npz", "prediction.png"):
+        check_output(fs.join(args.out, name), sources, "--out")
+    _check_output_folder(args.out, "--out")
     if args.video:
-        image1, image2 = read_video_pair(args.video, *args.pair)
+        image1, image2 = read_video_pair(args.video, *args.pair, max_pixels=args.max_pixels)
     else:
-        image1, image2 = (read_image(uri) for uri in args.images)
+        image1, image2 = (read_image(uri, max_pixels=args.max_pixels) for uri in args.images)
     for path in predict_to_files(
         args.checkpoint, image1, image2, args.time, args.out, args.size, args.device
     ):
@@ -59,7 +81,10 @@ def _eval_dynadust3r(args: argparse.Namespace) -> int:
 
     from s4d_ray.dynadust3r.data import SampleConfig
     from s4d_ray.dynadust3r.evaluate import evaluate_checkpoint, write_json
+    from s4d_ray.io.overlap import check_output
 
+    inputs = {"--npz": args.npz, "--videos": args.videos, "--rectified": args.rectified}
+    check_output(args.out, {**inputs, "--checkpoint": args.checkpoint}, "--out")
     config = SampleConfig(
         image_size=args.image_size,
         pairs_per_clip=args.pairs_per_clip,
@@ -111,7 +136,9 @@ def _eval_tracksto4d(args: argparse.Namespace) -> int:
     import json
 
     from s4d_ray.tracksto4d.evaluate import evaluate_checkpoint
+    from s4d_ray.tracksto4d.inference import InferenceConfig
 
+    InferenceConfig(**_tracksto4d_inference(args))  # window/overlap refused before any work
     result = evaluate_checkpoint(
         args.checkpoint,
         args.npz,
@@ -128,16 +155,38 @@ def _add_tracksto4d_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="official-format .pt (any URI)")
     parser.add_argument("--config", default=None, help="JSON config (default: beside the .pt)")
     parser.add_argument("--npz", required=True, help="release npz file, folder or glob")
-    parser.add_argument("--window", type=int, default=50, help="frames per window")
-    parser.add_argument("--overlap", type=int, default=10, help="frames shared by windows")
-    parser.add_argument("--max-tracks", type=int, default=1000, help="tracks per window")
+    from s4d_ray.argtypes import device_name, int_range
+
+    parser.add_argument(
+        "--window", type=int_range(2, 10_000), default=50, help="frames per window, in [2, 10000]"
+    )
+    parser.add_argument(
+        "--overlap",
+        type=int_range(1, 9_999),
+        default=10,
+        help="frames shared by windows, in [1, window - 1]",
+    )
+    parser.add_argument(
+        "--max-tracks",
+        type=int_range(1, 100_000),
+        default=1000,
+        help="tracks per window, in [1, 100000]",
+    )
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N or mps"
+    )
 
 
 def _view(args: argparse.Namespace) -> int:
+    from s4d_ray.io import fs
+    from s4d_ray.io.overlap import check_output
     from s4d_ray.viz.rerun_view import ViewOptions, open_viewer, write_recording
 
+    inputs = {"clip": args.clip, "--videos": args.videos, "--rectified": args.rectified}
+    check_output(
+        args.out, {**inputs, "--dense": args.dense and fs.join(args.dense, "dense")}, "--out"
+    )
     options = ViewOptions(
         max_tracks=args.max_tracks, frame_step=args.frame_step, trail=args.trail, colour=args.colour
     )
@@ -160,8 +209,10 @@ def _poses(args: argparse.Namespace) -> int:
     import json
 
     from s4d_ray.io import fs
+    from s4d_ray.io.overlap import check_output
     from s4d_ray.ownvideo.qa import format_table, pose_qa
 
+    check_output(args.out, {"--npz": args.npz, "--videos": args.videos}, "--out")
     uris = fs.list_files(args.npz, ".npz")
     if not uris:
         raise FileNotFoundError(f"no .npz files under {args.npz!r}")
@@ -189,9 +240,11 @@ def _export_pointmaps(args: argparse.Namespace) -> int:
 def _eval_pointmaps(args: argparse.Namespace) -> int:
     import json
 
+    from s4d_ray.io.overlap import check_output
     from s4d_ray.pointmaps.evaluate import evaluate_pointmaps, write_json
     from s4d_ray.pointmaps.reader import SampleError
 
+    check_output(args.out, {"--pred": args.pred, "--ref": args.ref}, "--out")
     try:
         result = evaluate_pointmaps(args.pred, args.ref)
     except SampleError as error:
@@ -207,7 +260,7 @@ def _eval_pointmaps(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from s4d_ray.argtypes import float_range, int_range
+    from s4d_ray.argtypes import device_name, float_range, int_range
     from s4d_ray.dynadust3r import MAX_INPUT_SIZE
 
     parser = argparse.ArgumentParser(
@@ -274,15 +327,26 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="engine output root with dense/<clip_id>/ (default: beside the npz)",
     )
-    view.add_argument("--max-tracks", type=int, default=3000, help="subsample to N tracks (0: all)")
-    view.add_argument("--frame-step", type=int, default=1, help="log every k-th frame")
-    view.add_argument("--trail", type=int, default=10, help="frames of history per track")
+    view.add_argument(
+        "--max-tracks",
+        type=int_range(0, 10_000_000),
+        default=3000,
+        help="subsample to N tracks (0: all)",
+    )
+    view.add_argument(
+        "--frame-step", type=int_range(1, 1_000_000), default=1, help="log every k-th frame"
+    )
+    view.add_argument(
+        "--trail", type=int_range(0, 1_000_000), default=10, help="frames of history per track"
+    )
     view.add_argument("--colour", choices=("depth", "motion"), default="depth")
     view.add_argument("--web", action="store_true", help="then open it in Rerun's web viewer")
     view.add_argument(
         "--serve", action="store_true", help="then serve the web viewer with it (headless)"
     )
-    view.add_argument("--port", type=int, default=9090, help="web viewer port (--web, --serve)")
+    view.add_argument(
+        "--port", type=int_range(1, 65535), default=9090, help="web viewer port (--web, --serve)"
+    )
     view.set_defaults(func=_view)
 
     report = sub.add_parser("report", help="rebuild OUTPUT/report.html from a run's outputs")
@@ -299,7 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
     source = predict.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", nargs=2, metavar=("A", "B"), help="two image files")
     source.add_argument("--video", help="a video; frames --pair I J")
-    predict.add_argument("--pair", nargs=2, type=int_range(0), default=(0, 10), metavar=("I", "J"))
+    predict.add_argument(
+        "--pair",
+        nargs=2,
+        type=int_range(0, 10_000_000),
+        default=(0, 10),
+        metavar=("I", "J"),
+        help="0-based frame numbers of the video (--video)",
+    )
     predict.add_argument(
         "--time", type=float_range(0.0, 1.0), default=0.5, help="query time in [0, 1]"
     )
@@ -310,7 +381,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=512,
         help=f"long side of the model input, px (at most {MAX_INPUT_SIZE})",
     )
-    predict.add_argument("--device", default="auto")
+    predict.add_argument(
+        "--max-pixels",
+        type=int_range(1, 1 << 31),
+        default=None,
+        help="refuse input images or video frames with more pixels (default 40000000: "
+        "s4d_ray.dynadust3r.inference.MAX_IMAGE_PIXELS)",
+    )
+    predict.add_argument(
+        "--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N or mps"
+    )
     predict.set_defaults(func=_predict)
 
     evaluate = sub.add_parser(
@@ -325,8 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--image-size", type=int_range(16, MAX_INPUT_SIZE), default=512)
     evaluate.add_argument("--pairs-per-clip", type=int_range(1, 10_000), default=16)
     evaluate.add_argument("--min-tracks", type=int_range(0), default=256)
-    evaluate.add_argument("--seed", type=int, default=1, help="pair sampling (training uses 0)")
-    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument(
+        "--seed", type=int_range(0, 2**63 - 1), default=1, help="pair sampling (training uses 0)"
+    )
+    evaluate.add_argument(
+        "--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N or mps"
+    )
     evaluate.add_argument("--out", default="dynadust3r_eval.json", help="JSON result (any URI)")
     evaluate.set_defaults(func=_eval_dynadust3r)
 
@@ -377,27 +461,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `s4d` console script."""
-    from s4d_ray.errors import StageError
-    from s4d_ray.io.clip_io import ClipValidationError
-    from s4d_ray.io.ids import UnsafeIdError
-    from s4d_ray.models.weights import CheckpointError
-
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from s4d_ray.errors import report_error
+
     try:
         return args.func(args)
-    except (
-        StageError,
-        ClipValidationError,
-        UnsafeIdError,
-        CheckpointError,
-        FileNotFoundError,
-    ) as e:
-        print(f"s4d {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as error:
+        return report_error(error, f"s4d {args.command}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,14 @@ from s4d_ray.ownvideo.calibration import (
     smallest_gauge,
 )
 from s4d_ray.ownvideo.clips import ClipConfig, no_clip_reason, scan_frames, split_clips
-from s4d_ray.ownvideo.poses import BundleProblem, BundleState, PoseConfig, estimate_poses
+from s4d_ray.ownvideo.poses import (
+    BundleProblem,
+    BundleState,
+    PoseConfig,
+    SparseTracks,
+    estimate_poses,
+    poses_from_tracks,
+)
 from s4d_ray.ownvideo.prepare import OwnVideoConfig, prepare_video
 from s4d_ray.synthetic.synth import make_texture
 from tests.ownvideo_inputs import make_bad_videos
@@ -139,6 +146,45 @@ def test_bundle_adjustment_recovers_a_noise_free_stereo_trajectory() -> None:
     np.testing.assert_allclose(solved.points, points, rtol=1e-5, atol=1e-5)
 
 
+def noisy_stereo_tracks(seed: int, frames: int, num_points: int, noise_px: tuple[float, float]):
+    """SparseTracks of static points seen in every frame of a small forward motion, each
+    point's pixels perturbed with its own noise level (graded over `noise_px`); and K."""
+    rng = np.random.default_rng(seed)
+    k = intrinsics(512, 512, 60.0)
+    rot = Rotation.from_rotvec(np.cumsum(rng.normal(0, 0.01, (frames, 3)), 0)).as_matrix()
+    rot[0] = np.eye(3)
+    steps = rng.normal([0, 0, 0.05], 0.01, (frames - 1, 3))
+    centres = np.cumsum(np.vstack([np.zeros(3), steps]), 0)
+    trans = -np.einsum("tij,tj->ti", rot, centres)
+    points = rng.uniform([-3, -2, 2], [3, 2, 6], (num_points, 3))
+    sigma = np.linspace(*noise_px, num_points)
+    obs_point = np.repeat(np.arange(num_points), frames)
+    obs_frame = np.tile(np.arange(frames), num_points)
+    cam = np.einsum("mij,mj->mi", rot[obs_frame], points[obs_point]) + trans[obs_frame]
+    left = cam[:, :2] / cam[:, 2:] * k[0, 0] + k[:2, 2]
+    right_cam = cam - [0.063, 0, 0]
+    right = right_cam[:, :2] / right_cam[:, 2:] * k[0, 0] + k[:2, 2]
+    left += rng.normal(0, 1, left.shape) * sigma[obs_point, None]
+    right[:, 0] += rng.normal(0, 0.1, len(right)) * sigma[obs_point]
+    right[:, 1] = left[:, 1]
+    return SparseTracks(obs_point, obs_frame, left, right, num_points), k
+
+
+def test_points_pruned_in_the_last_round_leave_consistent_figures() -> None:
+    """Points whose residuals straddle inlier_px are dropped in every pruning round; the
+    figures after the last round were once computed on the previous round's problem, whose
+    observations index removed points (IndexError: index 107 is out of bounds ... 107)."""
+    tracks, k = noisy_stereo_tracks(seed=0, frames=8, num_points=400, noise_px=(0.05, 0.3))
+    config = PoseConfig(
+        inlier_px=0.1, min_points=10, min_frame_inliers=3, max_rms_px=5, min_inlier_fraction=0
+    )
+    result = poses_from_tracks(tracks, 8, k, "noisy_0", config)
+    assert len(result.iterations) == 3  # pruned after the first and the second solve
+    assert result.points.shape == (result.num_points, 3)
+    assert 10 <= result.num_points < 400
+    assert 0 < result.inlier_fraction <= 1 and np.isfinite(result.rms_px)
+
+
 def test_poses_of_a_clip_without_texture_are_a_failure_with_figures() -> None:
     flat = np.full((6, 128, 128, 3), 120, np.uint8)
     with pytest.raises(StageError, match="poses") as info:
@@ -219,6 +265,6 @@ def test_pose_qa_rows_for_release_clips(synth_dir: Path, tmp_path: Path, capsys)
     assert rows[0]["error"] == "" and rows[0]["frames"] == 12
     assert rows[0]["ate_se3_m"] < 0.03 and rows[0]["rotation_error_deg"] < 0.5
     missing = pose_qa([str(npz)], str(synth_dir / "nowhere"))
-    assert "cannot open video" in missing[0]["error"] and np.isnan(missing[0]["ate_se3_m"])
+    assert "no raw video of id" in missing[0]["error"] and np.isnan(missing[0]["ate_se3_m"])
     table = format_table(rows + missing)
     assert npz.stem in table and "failed" in table

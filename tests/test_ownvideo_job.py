@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from s4d_ray.io.clip_io import read_clip
-from tests.ownvideo_inputs import make_bad_videos
+from tests.ownvideo_inputs import make_bad_videos, make_odd_videos
 from tests.test_engine import ray_head, submit  # noqa: F401 - the module's own Ray head
 
 pytestmark = pytest.mark.slow
@@ -25,10 +25,15 @@ def test_job_without_npz_splits_calibrates_poses_and_runs_the_pipeline(
     videos = tmp_path / "videos"
     videos.mkdir()
     good = sorted((synth_dir / "raw").glob("*.mp4"))[0]
-    shutil.copy(good, videos / good.name)
+    # yt-dlp's name in capitals: found by id at preparation and again at decode
+    shutil.copy(good, videos / f"My VR180 trip [{good.stem}].MP4")
     bad = make_bad_videos(str(good), tmp_path / "bad")
     for name in ("staticvid", "shortvid"):
         shutil.copy(bad[name], videos / f"{name}.mp4")
+    odd = make_odd_videos(tmp_path / "odd")
+    shutil.copy(odd["far_start"], videos / "far_start.mp4")  # once aborted the whole job
+    shutil.copy(odd["tiny"], videos / "dupe.mp4")
+    shutil.copy(odd["tiny"], videos / "Copy [dupe].webm")
     output = tmp_path / "out"
     args = ("--videos", str(videos), "--output", str(output), "--min-clip-frames", "8")
     result = submit(ray_head, *args)
@@ -46,7 +51,9 @@ def test_job_without_npz_splits_calibrates_poses_and_runs_the_pipeline(
 
     failures = pq.read_table(output / "failures").to_pylist()
     by_id = {row["clip_id"]: row for row in failures}
-    assert set(by_id) == {"staticvid", "shortvid"}
+    assert set(by_id) == {"staticvid", "shortvid", "far_start", "dupe"}
+    assert by_id["far_start"]["stage"] == "clips" and "outside [0," in by_id["far_start"]["message"]
+    assert "Copy [dupe].webm" in by_id["dupe"]["message"]
     assert by_id["staticvid"]["stage"] == "clips" and "frozen" in by_id["staticvid"]["message"]
     assert "5 frames" in by_id["shortvid"]["message"]
 
@@ -55,3 +62,40 @@ def test_job_without_npz_splits_calibrates_poses_and_runs_the_pipeline(
     assert again.returncode == 0, again.stderr[-4000:]
     assert (output / "calibration" / f"{good.stem}.json").stat().st_mtime == mtime
     assert '"clips_skipped": 1' in again.stdout
+
+
+def test_a_failing_or_hanging_video_task_is_one_failure_row(ray_head) -> None:  # noqa: F811
+    """The driver once gathered the video tasks with one bare `ray.get`: one task's error
+    failed the whole job. Now each is that video's failure row, and a task past the
+    per-video timeout is cancelled and reported."""
+    import time
+
+    import ray
+
+    from s4d_ray.engine.own_videos import _gather
+    from s4d_ray.ownvideo.prepare import VideoOutcome
+
+    def prepare(video_id: str, seconds: float = 0.0) -> VideoOutcome:
+        if video_id == "broken":
+            raise OSError("disk full writing the calibration")
+        time.sleep(seconds)
+        return VideoOutcome(video_id=video_id)
+
+    ray.init(address=ray_head["address"])
+    try:
+        task = ray.remote(num_cpus=0.1, max_retries=0)(prepare)
+        pending = {
+            task.remote("fine"): "fine",
+            task.remote("broken"): "broken",
+            task.remote("stuck", 600.0): "stuck",
+        }
+        start = time.monotonic()
+        outcomes, failures = _gather(pending, timeout_s=8.0)
+        assert time.monotonic() - start < 30
+    finally:
+        ray.shutdown()
+    assert [o.video_id for o in outcomes] == ["fine"]
+    by_id = {f.clip_id: f for f in failures}
+    assert by_id["broken"].error_type == "OSError" and "disk full" in by_id["broken"].message
+    assert by_id["stuck"].error_type == "StageTimeoutError"
+    assert "--video-timeout-s" in by_id["stuck"].message

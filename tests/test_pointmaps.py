@@ -160,8 +160,10 @@ def test_window_config_starts_and_one_run_per_export_folder(tmp_path):
     from s4d_ray.io.lease import OutputBusyError, OutputLease
     from s4d_ray.pointmaps.export import export_pointmaps
 
-    with OutputLease.acquire(str(tmp_path)), pytest.raises(OutputBusyError):
-        export_pointmaps(str(tmp_path / "engine"), str(tmp_path))
+    export = tmp_path / "export"
+    export.mkdir()
+    with OutputLease.acquire(str(export)), pytest.raises(OutputBusyError):
+        export_pointmaps(str(tmp_path / "engine"), str(export))
     assert window_starts(24, 17, 4) == [0, 4]
     assert window_starts(12, 13, 13) == []
     assert window_starts(17, 17, 17) == [0]

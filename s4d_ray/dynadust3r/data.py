@@ -38,6 +38,7 @@ from s4d_ray.io.clip_io import ClipRecord, npz_stem, read_clip
 from s4d_ray.io.dense import dense_file, output_root_of_npz, read_dense
 from s4d_ray.io.ids import validate_video_id
 from s4d_ray.io.video import decode_first_frames
+from s4d_ray.io.video_lookup import find_video
 from s4d_ray.track.moving import moving_by_extent
 
 log = logging.getLogger(__name__)
@@ -247,7 +248,7 @@ def read_left_frames(
             )
         return frames[: record.num_frames]
     if videos_uri:
-        video = fs.join(videos_uri, f"{validate_video_id(record.video_id)}.mp4")
+        video = find_video(videos_uri, validate_video_id(record.video_id), record.name, "samples")
         return np.stack([left for left, _ in iter_rectified(record, video)])
     if not rectified_uri:
         raise ValueError("give a raw video folder or a rectified video folder")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import warnings
 from collections.abc import Mapping
 
 import cv2
@@ -11,11 +13,20 @@ import torch
 from torch import Tensor
 
 from s4d_ray.dynadust3r import MAX_INPUT_SIZE
+from s4d_ray.errors import InputError, ResourceLimitError
 from s4d_ray.io import fs
 from s4d_ray.models.device import autocast, pick_device
 from s4d_ray.models.dynadust3r import DynaDUSt3R, load_dust3r
 
 log = logging.getLogger(__name__)
+
+MAX_IMAGE_PIXELS = 40_000_000
+"""Default cap on the pixels of an input image or video frame (`s4d predict --max-pixels`),
+checked from the file's header before it is decoded: 8192x4096 (a VR180 8K frame) passes; a
+261 KB PNG declaring 16384x16384 (2 GB once decoded and converted) does not."""
+
+MAX_IMAGE_BYTES = 512 << 20
+"""Cap on the file size of an input image (read whole into memory before decoding)."""
 
 OUTPUT_KEYS = (
     ("pts3d_1", 1, "pts3d"),
@@ -79,29 +90,101 @@ def prepare_image(image: np.ndarray, size: int, patch_size: int = 16) -> np.ndar
     return np.ascontiguousarray(resized[top : top + crop_h, left : left + crop_w])
 
 
-def read_image(uri: str) -> np.ndarray:
-    """RGB uint8 [H,W,3] from an image file at any fsspec URI."""
-    decoded = cv2.imdecode(np.frombuffer(fs.read_bytes(uri), np.uint8), cv2.IMREAD_COLOR)
-    if decoded is None:
-        raise ValueError(f"cannot decode image {uri!r}")
+def check_pixels(uri: str, width: int, height: int, max_pixels: int | None = None) -> None:
+    """Refuse an image or frame of `width` x `height` (from its header) above `max_pixels`
+    (default MAX_IMAGE_PIXELS, or $S4D_MAX_IMAGE_PIXELS) or without a size, before anything
+    of it is decoded."""
+    from s4d_ray.limits import env_limit
+
+    limit = (
+        env_limit("S4D_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS) if max_pixels is None else max_pixels
+    )
+    if width <= 0 or height <= 0:
+        raise InputError(f"{uri!r}: the image has no size ({width}x{height})")
+    if width * height > limit:
+        raise ResourceLimitError(
+            f"{uri!r}: {width}x{height} = {width * height} pixels, more than the limit of "
+            f"{limit} (raise it with --max-pixels or S4D_MAX_IMAGE_PIXELS)"
+        )
+
+
+def image_size(uri: str, data: bytes) -> tuple[int, int]:
+    """(width, height) of the image in `data` from its header alone (PIL reads pixels lazily);
+    an InputError naming `uri` when no image format is recognised."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+    except Image.DecompressionBombError as error:
+        raise ResourceLimitError(f"{uri!r}: {error}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
+        what = "an empty file" if not data else f"{type(error).__name__}: {error}"
+        raise InputError(f"{uri!r} is not a readable image ({what})") from None
+
+
+def read_image(uri: str, max_pixels: int | None = None) -> np.ndarray:
+    """RGB uint8 [H,W,3] from an image file at any fsspec URI.
+
+    The file must be a regular file (a FIFO or device is refused) of at most MAX_IMAGE_BYTES,
+    and its header's size at most `max_pixels` (`check_pixels`); anything that does not decode
+    is an InputError naming the file."""
+    data = fs.read_bytes(uri, max_bytes=MAX_IMAGE_BYTES)
+    width, height = image_size(uri, data)
+    check_pixels(uri, width, height, max_pixels)
+    try:
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as error:
+        raise InputError(f"cannot decode image {uri!r}: {str(error).strip()}") from None
+    if decoded is None or decoded.shape[:2] != (height, width):
+        raise InputError(f"cannot decode image {uri!r} (truncated or unsupported)")
     return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
 
 
-def read_video_pair(uri: str, first: int, second: int) -> tuple[np.ndarray, np.ndarray]:
-    """Frames number `first` and `second` (0-based, decode order) of a video, RGB uint8."""
+def read_video_pair(
+    uri: str, first: int, second: int, max_pixels: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frames number `first` and `second` (0-based, decode order) of a video, RGB uint8.
+
+    The input must be a regular file or object (a FIFO or device would block or never end),
+    hold a video stream whose frames are at most `max_pixels` (`check_pixels`, from the
+    stream header and again per decoded frame), and have both frames; otherwise an InputError
+    naming the file."""
     import av
 
+    if min(first, second) < 0:
+        raise InputError(f"{uri!r}: frame numbers must be >= 0, got {first}, {second}")
+    fs.input_size(uri)
     wanted = {first, second}
     found: dict[int, np.ndarray] = {}
+    frames = 0
     filesystem, path = fs.filesystem(uri)
-    with filesystem.open(path, "rb") as f, av.open(f) as container:
-        for index, frame in enumerate(container.decode(video=0)):
-            if index in wanted:
-                found[index] = frame.to_ndarray(format="rgb24")
-            if index >= max(wanted):
-                break
+    try:
+        with filesystem.open(path, "rb") as f, av.open(f) as container:
+            if not container.streams.video:
+                raise InputError(f"{uri!r} has no video stream")
+            stream = container.streams.video[0]
+            width, height = stream.codec_context.width, stream.codec_context.height
+            if width or height:
+                check_pixels(uri, width, height, max_pixels)
+            for index, frame in enumerate(container.decode(stream)):
+                frames = index + 1
+                if index in wanted:
+                    check_pixels(uri, frame.width, frame.height, max_pixels)
+                    found[index] = frame.to_ndarray(format="rgb24")
+                if index >= max(wanted):
+                    break
+    except InputError:
+        raise
+    except (av.FFmpegError, ValueError, EOFError) as error:
+        raise InputError(f"cannot decode video {uri!r}: {error}") from None
     if wanted - set(found):
-        raise ValueError(f"{uri!r} has no frame {sorted(wanted - set(found))}")
+        raise InputError(
+            f"{uri!r} has {frames} decodable frames: no frame {sorted(wanted - set(found))} "
+            "(--pair counts from 0)"
+        )
     return found[first], found[second]
 
 
@@ -133,14 +216,15 @@ def predict_to_files(
 ) -> tuple[str, str]:
     """Predict one pair and write OUT/prediction.npz (no pickle) and OUT/prediction.png."""
     if not 0.0 <= query_time <= 1.0:
-        raise ValueError(f"query time must be in [0, 1], got {query_time}")
+        raise InputError(f"query time must be in [0, 1], got {query_time}")
     if not 16 <= size <= MAX_INPUT_SIZE:  # checked before any allocation
-        raise ValueError(f"input size must be in [16, {MAX_INPUT_SIZE}] px, got {size}")
-    model = load_dust3r(checkpoint).to(torch.device(pick_device(device)))
+        raise InputError(f"input size must be in [16, {MAX_INPUT_SIZE}] px, got {size}")
+    torch_device = torch.device(pick_device(device))  # a bad device before the checkpoint
+    model = load_dust3r(checkpoint).to(torch_device)
     patch = model.config.patch_size
     first, second = prepare_image(image1, size, patch), prepare_image(image2, size, patch)
     if first.shape != second.shape:
-        raise ValueError(f"the two images differ in shape: {first.shape} vs {second.shape}")
+        raise InputError(f"the two images differ in shape: {first.shape} vs {second.shape}")
     prediction = predict_pairs(model, first[None], second[None], np.array([query_time]))
     arrays = {k: v[0] for k, v in prediction.items()}
     arrays.update(image_1=first, image_2=second, query_time=np.float32(query_time))

@@ -9,10 +9,12 @@ import socket
 import sys
 import threading
 
+from s4d_ray.argtypes import float_range
 from s4d_ray.engine.config import ConfigError, load_config
 from s4d_ray.engine.own_videos import own_video_config
-from s4d_ray.engine.pipeline import TooManyFailuresError, run_pipeline
-from s4d_ray.io.lease import OutputBusyError
+from s4d_ray.engine.pipeline import run_pipeline
+from s4d_ray.errors import InputError, report_error
+from s4d_ray.ownvideo.prepare import VIDEO_TIMEOUT_S
 
 
 def _positive_int(text: str) -> int:
@@ -62,6 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="own videos (no --npz): split longer shots into clips of at most this many frames",
     )
     parser.add_argument(
+        "--video-timeout-s",
+        type=float_range(0),
+        default=VIDEO_TIMEOUT_S,
+        help="own videos: a video not prepared within this many seconds is a failure row "
+        "(0: no limit)",
+    )
+    parser.add_argument(
         "--rectified",
         default="",
         help="folder of <clip_id>-{left,right}_rectified.mp4 instead of raw videos",
@@ -74,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML/JSON config (resources, weights, ...)")
     parser.add_argument(
         "--max-failure-fraction",
-        type=float,
+        type=float_range(0.0, 1.0),
         default=None,
         help="abort when more than this fraction of clips fail (a systemic error); default 1.0 = never",
     )
@@ -99,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             max_failure_fraction=args.max_failure_fraction,
             dense=True if getattr(args, "dense", False) else None,
         )
-    except (ConfigError, FileNotFoundError) as error:
+    except (ConfigError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     # `ray job stop` sends SIGTERM: unwind (the output lease is released) instead of dying
@@ -114,17 +123,15 @@ def run(args: argparse.Namespace) -> int:
         own_videos = None
         if not args.npz:
             if not args.videos:
-                raise ValueError("give release clips (--npz) or your own videos (--videos)")
-            own_videos = own_video_config(args.min_clip_frames, args.max_clip_frames)
+                raise InputError("give release clips (--npz) or your own videos (--videos)")
+            own_videos = own_video_config(
+                args.min_clip_frames, args.max_clip_frames, args.video_timeout_s
+            )
         summary = run_pipeline(
             args.npz, args.output, config, args.videos, args.rectified, args.limit, own_videos
         )
-    except TooManyFailuresError as error:
-        print(f"aborted: {error}", file=sys.stderr)
-        return 3
-    except (FileNotFoundError, ValueError, OutputBusyError, ConnectionError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:
+        return report_error(error, "s4d run")
     printable = {k: v for k, v in summary.__dict__.items() if k != "config"}
     print(json.dumps(printable, indent=2, sort_keys=True))
     return 0

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from s4d_ray.engine.stage_list import StageResources, default_resources
+from s4d_ray.errors import InputError
 from s4d_ray.io import fs
 from s4d_ray.models.device import PRECISIONS
 
@@ -56,7 +57,7 @@ POSITIVE_OPTIONS = frozenset(
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration the engine cannot run; `key` is the dotted path of the bad entry."""
 
     def __init__(self, key: str, message: str) -> None:

@@ -10,11 +10,14 @@ videos are skipped on a re-run (their outcome file exists).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
+from s4d_ray.io.video_lookup import VIDEO_SUFFIXES
 from s4d_ray.io.writer import ClipFailure
 from s4d_ray.ownvideo.clips import ClipConfig
 from s4d_ray.ownvideo.prepare import (
+    VIDEO_TIMEOUT_S,
     OwnVideoConfig,
     VideoOutcome,
     list_videos,
@@ -39,32 +42,78 @@ class PreparedVideos:
     videos: int
 
 
-def own_video_config(min_clip_frames: int = 32, max_clip_frames: int = 200) -> OwnVideoConfig:
+def own_video_config(
+    min_clip_frames: int = 32, max_clip_frames: int = 200, timeout_s: float = VIDEO_TIMEOUT_S
+) -> OwnVideoConfig:
     """Own-video settings from the job's flags."""
     return OwnVideoConfig(
-        clips=ClipConfig(min_clip_frames=min_clip_frames, max_clip_frames=max_clip_frames)
+        clips=ClipConfig(min_clip_frames=min_clip_frames, max_clip_frames=max_clip_frames),
+        timeout_s=timeout_s,
     )
 
 
-def prepare_videos(videos: str, output: str, config: OwnVideoConfig) -> PreparedVideos:
-    """Prepare every video under `videos` in Ray tasks (Ray must be initialised)."""
+def _video_failure(video_id: str, error: BaseException) -> ClipFailure:
+    """The failure row of a video whose task raised (or died): named by the video id."""
+    cause = getattr(error, "cause", None) or error  # RayTaskError wraps the task's exception
+    stage = getattr(cause, "stage", "prepare")
+    message = getattr(cause, "message", None) or str(cause) or repr(cause)
+    return ClipFailure(video_id, stage, type(cause).__name__, message[:4000])
+
+
+def _gather(pending: dict, timeout_s: float) -> tuple[list[VideoOutcome], list[ClipFailure]]:
+    """Wait for every video task (`pending`: ref -> video id); a task that raises, dies or runs
+    past `timeout_s` (0: no limit) becomes that video's failure row and is cancelled; the
+    others go on."""
     import ray
 
-    listed = list_videos(videos)
-    if not listed:
+    outcomes: list[VideoOutcome] = []
+    failures: list[ClipFailure] = []
+    deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
+    waiting = list(pending)
+    while waiting:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        done, waiting = ray.wait(waiting, num_returns=1, timeout=left)
+        if not done:  # the deadline passed: every video still running has timed out
+            for ref in waiting:
+                ray.cancel(ref, force=True)
+                message = (
+                    f"preparing the video took longer than {timeout_s:g} s (--video-timeout-s)"
+                )
+                failures.append(ClipFailure(pending[ref], "prepare", "StageTimeoutError", message))
+                log.error("own video %s: %s", pending[ref], message)
+            break
+        ref = done[0]
+        try:
+            outcomes.append(ray.get(ref))
+        except Exception as error:  # noqa: BLE001 - one bad video fails alone
+            failure = _video_failure(pending[ref], error)
+            log.error("own video %s failed: %s", failure.clip_id, failure.message)
+            failures.append(failure)
+    return outcomes, failures
+
+
+def prepare_videos(videos: str, output: str, config: OwnVideoConfig) -> PreparedVideos:
+    """Prepare every video under `videos` in Ray tasks (Ray must be initialised). A video
+    whose task fails or times out is one failure row; the other videos go on."""
+    import ray
+
+    listed, duplicates = list_videos(videos)
+    if not listed and not duplicates:
         raise FileNotFoundError(
-            f"no <video_id>.mp4 under {videos!r} (own-video mode: --videos without --npz)"
+            f"no video ({', '.join(VIDEO_SUFFIXES)}) under {videos!r} "
+            "(own-video mode: --videos without --npz)"
         )
     task = ray.remote(num_cpus=PREPARE_CPUS, max_retries=1)(prepare_video)
-    pending = [task.remote(uri, video_id, output, config) for video_id, uri in listed]
-    outcomes: list[VideoOutcome] = ray.get(pending)
-    failures = [
+    pending = {task.remote(uri, video_id, output, config): video_id for video_id, uri in listed}
+    outcomes, failures = _gather(pending, config.timeout_s)
+    failures += [
         ClipFailure(f.clip_id, f.stage, f.error_type, f.message)
-        for outcome in outcomes
-        for f in outcome.failures
+        for f in [*duplicates, *(f for outcome in outcomes for f in outcome.failures)]
     ]
     clips = sum(len(o.npz_uris) for o in outcomes)
     log.info(
         "own videos: %d videos, %d clips prepared, %d failures", len(listed), clips, len(failures)
     )
-    return PreparedVideos(prepared_npz_folder(output), failures, clips, len(listed))
+    return PreparedVideos(
+        prepared_npz_folder(output), failures, clips, len(listed) + len(duplicates)
+    )

@@ -38,6 +38,7 @@ from s4d_ray.engine.preflight import (
 )
 from s4d_ray.engine.runner import actor_class, apply, task_function
 from s4d_ray.engine.stage_list import REDUCER, STAGES, Job, is_pool
+from s4d_ray.errors import JobAbortedError
 from s4d_ray.io import fs
 from s4d_ray.io.clip_io import npz_stem
 from s4d_ray.io.dense import dense_clip_ids
@@ -57,7 +58,7 @@ log = logging.getLogger("s4d_ray.engine.pipeline")
 FAILURES_NAME = "shard-all"
 
 
-class TooManyFailuresError(RuntimeError):
+class TooManyFailuresError(JobAbortedError):
     """More clips failed than `max_failure_fraction` allows: likely a systemic error."""
 
 

@@ -18,9 +18,8 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-import fsspec
-
 from s4d_ray.io import fs
+from s4d_ray.io.overlap import OutputPathError, check_output
 from s4d_ray.io.writer import FAILURES_DIR, NPZ_DIR, PARQUET_DIR
 
 if TYPE_CHECKING:
@@ -31,47 +30,14 @@ log = logging.getLogger("s4d_ray.engine.preflight")
 OUTPUT_DIRS = (NPZ_DIR, PARQUET_DIR, FAILURES_DIR)
 
 
-class OutputPathError(ValueError):
-    """An output folder that overlaps an input or cannot be written."""
-
-
 class ClusterResourcesError(ValueError):
     """A stage asks for resources the Ray cluster cannot provide (it would wait forever)."""
 
 
-def _location(uri: str) -> tuple[str, str]:
-    """(protocol, normalised absolute path) of a folder, file or glob; for a glob, the folder
-    its first wildcard lies in. Local paths are resolved through symlinks."""
-    protocol = fsspec.utils.get_protocol(uri)
-    if fs.is_local(uri):
-        path = uri.removeprefix("file://")
-    else:
-        _, path = fs.filesystem(uri)
-    wild = min((path.index(ch) for ch in "*?[" if ch in path), default=-1)
-    if wild >= 0:
-        path = path[:wild].rsplit("/", 1)[0] or "/"
-    if fs.is_local(uri):
-        return "file", os.path.realpath(os.path.abspath(path))
-    return ("gs" if protocol == "gcs" else protocol), "/" + path.strip("/")
-
-
-def _overlap(a: str, b: str) -> bool:
-    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
-
-
 def check_paths(output: str, inputs: Mapping[str, str]) -> None:
-    """Refuse an output that equals, contains or lies inside an input (`inputs`: flag name ->
-    URI; empty URIs are skipped)."""
-    out_protocol, out_path = _location(output)
-    for flag, uri in inputs.items():
-        if not uri:
-            continue
-        protocol, path = _location(uri)
-        if protocol == out_protocol and _overlap(out_path, path):
-            raise OutputPathError(
-                f"--output {output!r} overlaps {flag} {uri!r} (resolved: {out_path} and {path}): "
-                "outputs would overwrite or be read as inputs; choose a separate output folder"
-            )
+    """Refuse an `--output` that equals, contains or lies inside an input (`inputs`: flag name
+    -> URI; empty URIs are skipped): the shared guard of `s4d_ray.io.overlap`."""
+    check_output(output, inputs)
 
 
 def prepare_output(output: str) -> None:

@@ -23,6 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+MIN_VARIANCE = 1e-18
+"""Camera-centre variance (m²) below which a trajectory counts as not moving (static camera):
+its Sim(3) alignment is undefined (`umeyama` raises ValueError, never divides by 0)."""
+
 
 def as_matrices(poses: np.ndarray) -> np.ndarray:
     """camera2world [T,3,4] or [T,4,4] → float64 [T,4,4]; rejects other shapes and non-finite."""
@@ -78,6 +82,8 @@ def umeyama(source: np.ndarray, target: np.ndarray, with_scale: bool) -> Similar
 
     `with_scale=False` fixes s = 1 (rigid, SE(3)). Needs N ≥ 3 points not all coincident; for
     collinear points the rotation about the line is arbitrary (the fitted points are not).
+    With a scale, either trajectory standing still (a static camera) or a non-positive
+    scale is a ValueError: Sim(3) is undefined there, and SE(3) / RPE still are.
     """
     src = np.asarray(source, np.float64)
     dst = np.asarray(target, np.float64)
@@ -88,8 +94,14 @@ def umeyama(source: np.ndarray, target: np.ndarray, with_scale: bool) -> Similar
     mu_src, mu_dst = src.mean(axis=0), dst.mean(axis=0)
     src_c, dst_c = src - mu_src, dst - mu_dst
     var_src = (src_c**2).sum() / src.shape[0]
-    if with_scale and var_src <= 1e-18:
-        raise ValueError("Sim(3) alignment of a trajectory that does not move is undefined")
+    var_dst = (dst_c**2).sum() / dst.shape[0]
+    if with_scale and min(var_src, var_dst) <= MIN_VARIANCE:
+        # the best similarity onto (or from) a single point has scale 0 (or infinite): no
+        # meaningful Sim(3) ATE or scale error — a per-clip error, never a division by zero
+        which = "estimated" if var_src <= MIN_VARIANCE else "ground-truth"
+        raise ValueError(
+            f"Sim(3) alignment is undefined: the {which} camera does not move (static camera)"
+        )
     cov = dst_c.T @ src_c / src.shape[0]
     u, d, vt = np.linalg.svd(cov)
     sign = np.eye(3)
@@ -97,6 +109,10 @@ def umeyama(source: np.ndarray, target: np.ndarray, with_scale: bool) -> Similar
         sign[2, 2] = -1.0
     rot = u @ sign @ vt
     scale = float(np.trace(np.diag(d) @ sign) / var_src) if with_scale else 1.0
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(
+            f"Sim(3) alignment is undefined: scale {scale} (the trajectories are uncorrelated)"
+        )
     trans = mu_dst - scale * rot @ mu_src
     return Similarity(rotation=rot, translation=trans, scale=scale)
 

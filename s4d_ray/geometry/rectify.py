@@ -28,7 +28,9 @@ from s4d_ray.geometry.camera import (
 from s4d_ray.io import fs
 from s4d_ray.io.clip_io import ClipRecord, read_clip
 from s4d_ray.io.ids import validate_clip_id, validate_video_id
+from s4d_ray.io.overlap import check_output
 from s4d_ray.io.video import decode_frames_at, probe_video, write_video
+from s4d_ray.io.video_lookup import find_video
 
 log = logging.getLogger(__name__)
 
@@ -225,8 +227,11 @@ def rectify_to_files(
     validate_clip_id(clip_id)
     if not 0.0 < output_hfov < 180.0:  # also refuses NaN (which rendered black videos)
         raise ValueError(f"output_hfov must be in (0, 180) degrees, got {output_hfov}")
+    check_output(
+        output_folder, {"--npz_folder": npz_folder, "--raw_video_folder": raw_video_folder}
+    )
     record = read_clip(fs.join(npz_folder, f"{clip_id}.npz"), extras=())
-    video_uri = fs.join(raw_video_folder, f"{validate_video_id(record.video_id)}.mp4")
+    video_uri = find_video(raw_video_folder, validate_video_id(record.video_id), clip_id, "rectify")
     left, right = rectify_clip(record, video_uri, hfov_deg=output_hfov)
     left_uri, right_uri = rectified_video_uris(output_folder, clip_id)
     write_video(left_uri, left, fps=fps)

@@ -14,12 +14,13 @@ from __future__ import annotations
 import io
 import math
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import IO
 
 import numpy as np
 
+from s4d_ray.errors import InputError
 from s4d_ray.geometry.camera import invert_poses
 from s4d_ray.io import fs
 from s4d_ray.io.ids import UnsafeIdError, validate_clip_id, validate_video_id
@@ -51,7 +52,7 @@ ROTATION_TOLERANCE = 1e-3
 INT64_MAX = np.iinfo(np.int64).max
 
 
-class ClipValidationError(ValueError):
+class ClipValidationError(InputError):
     """A clip record that is missing a field, mis-shaped or non-finite; names clip and field."""
 
     def __init__(self, clip_id: str, field_name: str, message: str):
@@ -264,16 +265,54 @@ def _npy_header(member: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(int(n) for n in shape), dtype
 
 
+def npy_header_within(member: IO[bytes], available: int) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of an .npy stream from its header alone, checked before any array is
+    allocated: ValueError (one line, the reason) when it is not .npy, holds objects (pickle),
+    or declares more bytes (shape x itemsize) than the `available` bytes of its container.
+
+    The one header check of every .npy read from an untrusted container (npz members here,
+    dense depth in `io.dense`, WebDataset members in `pointmaps.reader`)."""
+    try:
+        shape, dtype = _npy_header(member)
+    except ValueError as e:
+        raise ValueError(f"not an .npy array: {e}") from e
+    if dtype.hasobject:
+        raise ValueError("an object array: loading it needs pickle, never used")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > available:
+        raise ValueError(
+            f"header says {list(shape)} {dtype} ({nbytes} bytes) but the member "
+            f"holds {available} bytes"
+        )
+    return shape, dtype
+
+
+HeaderCheck = Callable[[str, tuple[int, ...], np.dtype], None]
+"""`check(member, shape, dtype)` run on each member's .npy header before it is decompressed;
+it raises to refuse (e.g. a shape that does not fit the clip)."""
+
+
 def read_npz_members(
-    data: bytes, source: str, names: Iterable[str] | None = None, max_bytes: int = MAX_NPZ_BYTES
+    data: bytes,
+    source: str,
+    names: Iterable[str] | None = None,
+    max_bytes: int = MAX_NPZ_BYTES,
+    check: HeaderCheck | None = None,
+    fail: Callable[[str, str], Exception] | None = None,
 ) -> dict[str, np.ndarray]:
     """Arrays of an npz (the members in `names`; None: all), never unpickled.
 
     Before anything is decompressed, the uncompressed sizes in the zip headers of the members
-    read are summed against `max_bytes`, and each member's array header (shape x itemsize)
-    must fit in its member: a decompression bomb costs its headers, not its size. Members not
-    asked for are never decompressed.
+    read are summed against `max_bytes`, each member's array header (shape x itemsize) must
+    fit in its member (`npy_header_within`), and `check` sees every header: a decompression
+    bomb costs its headers, not its size. Members not asked for are never decompressed.
+    `fail(member, message)` builds the error (default ClipValidationError naming `source`).
     """
+    if fail is None:
+
+        def fail(member: str, message: str) -> Exception:
+            return ClipValidationError(source, member, message)
+
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         infos: dict[str, zipfile.ZipInfo] = {}
         for info in archive.infolist():
@@ -282,8 +321,7 @@ def read_npz_members(
         declared = sum(infos[n].file_size for n in wanted)
         if declared > max_bytes:
             biggest = max(wanted, key=lambda n: infos[n].file_size)
-            raise ClipValidationError(
-                source,
+            raise fail(
                 biggest,
                 f"the members read would take {declared} bytes uncompressed "
                 f"({biggest!r}: {infos[biggest].file_size}), more than the limit of {max_bytes}",
@@ -292,21 +330,11 @@ def read_npz_members(
         for name in wanted:
             with archive.open(infos[name]) as member:
                 try:
-                    shape, dtype = _npy_header(member)
+                    shape, dtype = npy_header_within(member, infos[name].file_size)
                 except ValueError as e:
-                    raise ClipValidationError(source, name, f"not an .npy array: {e}") from e
-                if dtype.hasobject:
-                    raise ClipValidationError(
-                        source, name, "an object array: loading it needs pickle, never used"
-                    )
-                nbytes = math.prod(shape) * dtype.itemsize
-                if nbytes > infos[name].file_size:
-                    raise ClipValidationError(
-                        source,
-                        name,
-                        f"header says {list(shape)} {dtype} ({nbytes} bytes) but the member "
-                        f"holds {infos[name].file_size} bytes",
-                    )
+                    raise fail(name, str(e)) from e
+            if check is not None:
+                check(name, shape, dtype)
             with archive.open(infos[name]) as member:
                 arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
     return arrays

@@ -31,9 +31,12 @@ from typing import Any
 import av
 import numpy as np
 
+from s4d_ray.errors import InputError, ResourceLimitError
 from s4d_ray.geometry.camera import RECTIFIED_HFOV_DEG, STEREO_BASELINE_M, intrinsics
 from s4d_ray.io import fs
+from s4d_ray.io.clip_io import npy_header_within, read_npz_members
 from s4d_ray.io.ids import validate_clip_id
+from s4d_ray.limits import env_limit
 
 DENSE_DIR = "dense"
 DENSE_FILES = ("left.mp4", "right.mp4", "depth.npz", "camera.json")
@@ -42,9 +45,65 @@ VIDEO_PRESET = "veryfast"
 VIDEO_FPS = 30
 DEPTH_COMPRESSLEVEL = 6
 
+# Limits on what a dense file may declare (checked from headers before anything is decoded;
+# issue: a 392 KB depth.npz declaring [12,4096,4096] cost 1.3 GB). Each is raised by its
+# environment variable.
+MAX_DENSE_FRAME_PIXELS = 2048 * 2048
+"""Default cap on H x W of one dense frame or depth map (the engine writes 512²);
+`$S4D_MAX_DENSE_FRAME_PIXELS` raises it."""
+MAX_DENSE_BYTES = 2 << 30
+"""Default cap on one decoded dense array (frames T·H·W·3 uint8, depth T·H·W float32, and the
+uncompressed depth member); `$S4D_MAX_DENSE_BYTES` raises it."""
+MAX_DENSE_FILE_BYTES = 1 << 30
+"""Default cap on the size of one dense file read into memory; `$S4D_MAX_DENSE_FILE_BYTES`."""
+MAX_CAMERA_JSON_BYTES = 1 << 20
+"""camera.json is a few hundred bytes; larger is refused unread."""
 
-class DenseOutputError(ValueError):
+
+class DenseOutputError(InputError):
     """A dense output file is missing, corrupt or inconsistent (names clip and file)."""
+
+
+class DenseLimitError(DenseOutputError, ResourceLimitError):
+    """A dense output whose declared size (from its headers) is over a limit."""
+
+
+def dense_limits() -> tuple[int, int, int]:
+    """(frame pixels, decoded bytes, file bytes) caps in force: the defaults or the env."""
+    return (
+        env_limit("S4D_MAX_DENSE_FRAME_PIXELS", MAX_DENSE_FRAME_PIXELS),
+        env_limit("S4D_MAX_DENSE_BYTES", MAX_DENSE_BYTES),
+        env_limit("S4D_MAX_DENSE_FILE_BYTES", MAX_DENSE_FILE_BYTES),
+    )
+
+
+def check_dense_shape(
+    label: str,
+    shape: tuple[int, ...],
+    itemsize: int,
+    frames: int | None = None,
+    size: tuple[int, int] | None = None,
+) -> None:
+    """Refuse a declared dense array [T,H,W,...] before it is decoded: T more than `frames`
+    (the clip's), (H, W) other than `size`, H·W over the pixel cap, or the decoded array
+    (`itemsize` bytes per pixel) over the byte cap. DenseOutputError / DenseLimitError."""
+    max_pixels, max_bytes, _ = dense_limits()
+    t, h, w = (int(n) for n in shape[:3])
+    if size is not None and (h, w) != tuple(size):
+        raise DenseOutputError(f"{label}: frames are {h}x{w}, the clip's are {size[0]}x{size[1]}")
+    if frames is not None and t > frames:
+        raise DenseOutputError(f"{label}: declares {t} frames, the clip has {frames}")
+    if h * w > max_pixels:
+        raise DenseLimitError(
+            f"{label}: frames of {h}x{w} = {h * w} pixels, more than the limit of {max_pixels} "
+            "(S4D_MAX_DENSE_FRAME_PIXELS)"
+        )
+    nbytes = t * h * w * itemsize
+    if nbytes > max_bytes:
+        raise DenseLimitError(
+            f"{label}: [{t},{h},{w}] would take {nbytes} bytes decoded, more than the limit of "
+            f"{max_bytes} (S4D_MAX_DENSE_BYTES)"
+        )
 
 
 def dense_dir(output_root: str, clip_id: str) -> str:
@@ -88,15 +147,40 @@ def encode_frames(frames: np.ndarray, crf: int = VIDEO_CRF, preset: str = VIDEO_
     return buffer.getvalue()
 
 
-def decode_frames(data: bytes, label: str = "") -> np.ndarray:
-    """mp4 bytes → RGB frames [T,H,W,3] uint8 (every frame, in order)."""
+def decode_frames(
+    data: bytes,
+    label: str = "",
+    max_frames: int | None = None,
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """mp4 bytes → RGB frames [T,H,W,3] uint8, in order: at most `max_frames` (the clip's T)
+    of size `size` (H, W) when given. The stream's frame size is checked from its header
+    against `size` and the caps (`check_dense_shape`) before any frame is decoded, and each
+    decoded frame again, so a 4096² stream or one longer than the clip costs nothing."""
+    _, max_bytes, _ = dense_limits()
+    frames: list[np.ndarray] = []
     try:
         with av.open(io.BytesIO(data)) as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+            if not container.streams.video:
+                raise DenseOutputError(f"{label}: no video stream")
+            stream = container.streams.video[0]
+            declared = (stream.codec_context.height, stream.codec_context.width)
+            if min(declared) > 0:
+                check_dense_shape(label, (max_frames or 1, *declared), 3, None, size)
+            for frame in container.decode(stream):
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
+                hw = (frame.height, frame.width)
+                if frames and hw != frames[0].shape[:2]:
+                    raise DenseOutputError(f"{label}: frame size changes mid-stream")
+                check_dense_shape(label, (len(frames) + 1, *hw), 3, max_frames, size)
+                frames.append(frame.to_ndarray(format="rgb24"))
     except (av.FFmpegError, IndexError, OSError) as e:
         raise DenseOutputError(f"{label}: cannot decode video: {e}") from e
     if not frames:
         raise DenseOutputError(f"{label}: video has no frames")
+    if len(frames) * frames[0].nbytes > max_bytes:  # defensive: checked per frame above
+        raise DenseLimitError(f"{label}: decoded frames over {max_bytes} bytes")
     return np.stack(frames)
 
 
@@ -124,14 +208,10 @@ def encode_depth(depth: np.ndarray) -> bytes:
 def depth_shape(data: bytes, label: str = "") -> tuple[int, int, int]:
     """(T, H, W) of `encode_depth` bytes from the npy header alone (no full decompression)."""
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as z, z.open("depth.npy") as member:
-            major, _ = np.lib.format.read_magic(member)
-            read_header = (
-                np.lib.format.read_array_header_1_0
-                if major == 1
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, _, _ = read_header(member)
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            info = z.getinfo("depth.npy")
+            with z.open(info) as member:
+                shape, _ = npy_header_within(member, info.file_size)
     except Exception as e:
         raise DenseOutputError(f"{label}: corrupt depth file: {type(e).__name__}: {e}") from e
     if len(shape) != 3:
@@ -139,18 +219,37 @@ def depth_shape(data: bytes, label: str = "") -> tuple[int, int, int]:
     return tuple(int(n) for n in shape)
 
 
-def decode_depth(data: bytes, label: str = "") -> np.ndarray:
-    """npz bytes of `encode_depth` → depth float32 [T,H,W] m, 0 = invalid."""
+def decode_depth(
+    data: bytes,
+    label: str = "",
+    max_frames: int | None = None,
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """npz bytes of `encode_depth` → depth float32 [T,H,W] m, 0 = invalid.
+
+    Read through `clip_io.read_npz_members`: the zip and .npy headers are checked (size,
+    then float16 [T,H,W] with T ≤ `max_frames`, (H, W) = `size` and within the caps) before
+    the member is decompressed."""
+    _, max_bytes, _ = dense_limits()
+
+    def fail(member: str, message: str) -> Exception:
+        error = DenseLimitError if "more than the limit" in message else DenseOutputError
+        return error(f"{label}: member {member!r}: {message}")
+
+    def check(member: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        if len(shape) != 3 or dtype != np.float16:
+            raise DenseOutputError(f"{label}: depth must be float16 [T,H,W], got {dtype} {shape}")
+        check_dense_shape(label, shape, 4, max_frames, size)
+
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            depth = npz["depth"]
+        arrays = read_npz_members(data, label, ["depth"], max_bytes, check=check, fail=fail)
+    except DenseOutputError:
+        raise
     except Exception as e:  # zipfile/npy errors come in many types; all mean "corrupt"
         raise DenseOutputError(f"{label}: corrupt depth file: {type(e).__name__}: {e}") from e
-    if depth.ndim != 3 or depth.dtype != np.float16:
-        raise DenseOutputError(
-            f"{label}: depth must be float16 [T,H,W], got {depth.dtype} {depth.shape}"
-        )
-    return depth.astype(np.float32)
+    if "depth" not in arrays:
+        raise DenseOutputError(f"{label}: corrupt depth file: no depth.npy member")
+    return arrays["depth"].astype(np.float32)
 
 
 # --- camera ------------------------------------------------------------------------------
@@ -205,29 +304,82 @@ def dense_clip_ids(output_root: str) -> set[str]:
     return {clip for clip, names in found.items() if set(DENSE_FILES) <= names}
 
 
+def read_camera(data: bytes, label: str) -> dict[str, Any]:
+    """camera.json bytes → dict, checked: `num_frames`, `width`, `height` positive integers,
+    `intrinsics` finite [3,3] (DenseOutputError naming the file otherwise)."""
+    try:
+        camera = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise DenseOutputError(f"{label}: not valid JSON: {type(e).__name__}") from e
+    if not isinstance(camera, dict):
+        raise DenseOutputError(f"{label}: expected a JSON object, got {type(camera).__name__}")
+    for key in ("num_frames", "width", "height"):
+        value = camera.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DenseOutputError(f"{label}: {key} must be a positive integer, got {value!r}")
+    try:
+        k = np.asarray(camera.get("intrinsics"), np.float64)
+    except (TypeError, ValueError):
+        k = np.zeros(0)
+    if k.shape != (3, 3) or not np.isfinite(k).all():
+        raise DenseOutputError(f"{label}: intrinsics must be a finite 3x3 matrix")
+    return camera
+
+
+def _read_file(uri: str, label: str, max_bytes: int) -> bytes:
+    try:
+        return fs.read_bytes(uri, max_bytes=max_bytes)
+    except FileNotFoundError as e:
+        raise DenseOutputError(f"{label}: missing ({uri})") from e
+    except fs.InputTooLargeError as e:
+        raise DenseLimitError(f"{label}: {e} (S4D_MAX_DENSE_FILE_BYTES)") from e
+    except fs.NotRegularFileError as e:
+        raise DenseOutputError(f"{label}: {e}") from e
+
+
 def read_dense(
-    output_root: str, clip_id: str, parts: Iterable[str] = ("left", "depth", "camera")
+    output_root: str,
+    clip_id: str,
+    parts: Iterable[str] = ("left", "depth", "camera"),
+    num_frames: int | None = None,
 ) -> dict[str, Any]:
     """A clip's dense outputs: `left`/`right` uint8 [T,S,S,3], `depth` float32 [T,S,S] m
-    (0 = invalid), `camera` dict (with `intrinsics` [3,3]). Raises DenseOutputError."""
+    (0 = invalid), `camera` dict (with `intrinsics` [3,3]). Raises DenseOutputError.
+
+    Bounded before decoding: the frames and depth must have the clip's `num_frames` (else
+    camera.json's) frames and camera.json's size, within the caps of `check_dense_shape`;
+    only the clip's frames are decoded (a longer video is cut, a shorter one refused)."""
+    parts = tuple(parts)
+    names = {"left": "left.mp4", "right": "right.mp4", "depth": "depth.npz"}
+    camera_uri = dense_file(output_root, clip_id, "camera.json")
+    camera = None
+    if "camera" in parts or fs.exists(camera_uri):
+        label = f"clip {clip_id!r} dense camera.json"
+        camera = read_camera(_read_file(camera_uri, label, MAX_CAMERA_JSON_BYTES), label)
+    frames, size = num_frames, None
+    if camera is not None:
+        size = (camera["height"], camera["width"])
+        if frames is None:
+            frames = camera["num_frames"]
+        elif camera["num_frames"] < frames:
+            raise DenseOutputError(
+                f"clip {clip_id!r} dense camera.json: {camera['num_frames']} frames, the clip "
+                f"{frames}"
+            )
+    _, _, max_file = dense_limits()
     out: dict[str, Any] = {}
     for part in parts:
-        name = {
-            "left": "left.mp4",
-            "right": "right.mp4",
-            "depth": "depth.npz",
-            "camera": "camera.json",
-        }[part]
-        uri = dense_file(output_root, clip_id, name)
+        if part == "camera":
+            out[part] = camera
+            continue
+        name = names[part]
         label = f"clip {clip_id!r} dense {name}"
-        try:
-            data = fs.read_bytes(uri)
-        except FileNotFoundError as e:
-            raise DenseOutputError(f"{label}: missing ({uri})") from e
+        data = _read_file(dense_file(output_root, clip_id, name), label, max_file)
         if part == "depth":
-            out[part] = decode_depth(data, label)
-        elif part == "camera":
-            out[part] = json.loads(data)
+            out[part] = decode_depth(data, label, frames, size)
         else:
-            out[part] = decode_frames(data, label)
+            out[part] = decode_frames(data, label, frames, size)
+        got = len(out[part])
+        if frames is not None and got < frames:
+            raise DenseOutputError(f"{label}: {got} frames, the clip has {frames}")
     return out

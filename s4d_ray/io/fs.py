@@ -218,13 +218,23 @@ def list_paths(uri_or_glob: str, suffix: str = "") -> tuple[fsspec.AbstractFileS
     elif is_local(uri_or_glob) and os.path.isdir(path):
         # scandir's entry types come with the listing: no stat per file (fsspec's ls stats each)
         with os.scandir(path) as entries:
-            paths = [posixpath.join(path, e.name) for e in entries if not e.is_dir()]
+            paths = [posixpath.join(path, e.name) for e in entries if not _is_folder(e)]
     elif fs.isdir(path):
         paths = [e["name"] for e in fs.ls(path, detail=True) if e["type"] != "directory"]
     else:
         paths = [path] if fs.exists(path) else []
     # temp files of writes in progress or killed, the output lease: never inputs or outputs
     return fs, [p for p in sorted(paths) if p.endswith(suffix) and not is_internal(p)]
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    """Whether a listed entry is a folder (links followed). A link that loops or dangles is
+    listed as a file: reading it then fails naming it, one clip's failure, instead of the
+    whole listing failing with ELOOP."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def list_files(uri_or_glob: str, suffix: str = "") -> list[str]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 
+from s4d_ray.errors import InputError
+
 VIDEO_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CLIP_ID_RE = re.compile(r"(?P<video_id>[A-Za-z0-9_-]{1,64})_(?P<first_ts_us>[0-9]{1,15})")
 
 
-class UnsafeIdError(ValueError):
+class UnsafeIdError(InputError):
     """An id that does not match the Stereo4D release pattern (and so must not become a path)."""
 
 

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from s4d_ray.errors import InputError
 from s4d_ray.io import fs
 
 log = logging.getLogger("s4d_ray.io.lease")
@@ -34,7 +35,7 @@ STALE_AFTER_S = 120.0
 HEARTBEAT_S = 15.0
 
 
-class OutputBusyError(RuntimeError):
+class OutputBusyError(InputError):
     """Another live run holds the output folder's lease."""
 
 

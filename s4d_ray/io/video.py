@@ -21,6 +21,41 @@ import numpy as np
 
 from s4d_ray.errors import VideoError
 from s4d_ray.io import fs
+from s4d_ray.limits import env_limit
+
+MAX_FRAME_PIXELS_ENV = "S4D_MAX_FRAME_PIXELS"
+DEFAULT_MAX_FRAME_PIXELS = 8192 * 8192
+"""Largest frame (width × height) a video may declare: 8K side-by-side and top-bottom fit.
+Checked from the stream header before any frame is decoded (a 2.6 MB file declaring
+16384×8192 would cost ~10 GB of frames); raise it with the environment variable
+S4D_MAX_FRAME_PIXELS (set it in the job's runtime_env so every worker sees it)."""
+
+MIN_FRAME_SIDE = 16
+"""Smaller frames hold no usable picture (a 1×1 video made OpenCV fail deep in a stage)."""
+
+MAX_TIMESTAMP_US = 10**15 - 1
+"""Frame times are at most 15 digits of µs (31 years): the clip id's timestamp field."""
+
+
+def max_frame_pixels() -> int:
+    """The frame-size cap in force (S4D_MAX_FRAME_PIXELS, else the 8192×8192 default)."""
+    return env_limit(MAX_FRAME_PIXELS_ENV, DEFAULT_MAX_FRAME_PIXELS)
+
+
+def check_frame_size(width: int, height: int, uri: str, label: str, stage: str) -> None:
+    """Refuse a frame size outside [16 px a side, max_frame_pixels()] before decoding it."""
+    if width < MIN_FRAME_SIDE or height < MIN_FRAME_SIDE:
+        raise VideoError(
+            label, stage, f"{uri!r}: frames of {width}×{height} px are too small to be video"
+        )
+    cap = max_frame_pixels()
+    if width * height > cap:
+        raise VideoError(
+            label,
+            stage,
+            f"{uri!r}: frames of {width}×{height} px ({width * height} pixels) exceed the limit "
+            f"of {cap} pixels; raise it with {MAX_FRAME_PIXELS_ENV}",
+        )
 
 
 @dataclass(frozen=True)
@@ -56,6 +91,7 @@ def open_video_stream(uri: str, label: str, stage: str) -> Iterator[tuple[Any, A
             stream = container.streams.video[0]
         except IndexError:
             raise VideoError(label, stage, f"no video stream in {uri!r}") from None
+        check_frame_size(stream.width, stream.height, uri, label, stage)
         stream.thread_type = "AUTO"
         yield container, stream
 

@@ -25,8 +25,10 @@ stride 16 uses 6/12/18; the converter reads which one the frozen graph was expor
 from __future__ import annotations
 
 import json
+import math
 import re
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,13 +39,14 @@ import torch
 import torch.nn.functional as F
 from google.protobuf.message import DecodeError
 from PIL import Image
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 from tensorboard.compat.proto import graph_pb2, types_pb2
 from torch import nn
 
-from s4d_ray.models.weights import CheckpointError, cached_path
+from s4d_ray.limits import env_limit
+from s4d_ray.models.weights import CheckpointError, CheckpointLimitError, checkpoint_file
 
 DEFAULT_URI = (
     "http://download.tensorflow.org/models/deeplabv3_xception_ade20k_train_2018_05_29.tar.gz"
@@ -56,6 +59,14 @@ HEAD_BN_EPS = 1e-5
 FROZEN_GRAPH_NAME = "frozen_inference_graph"
 SAFETENSORS_FORMAT = "s4d_ray.deeplabv3plus_xception65"
 ASPP_RATES = {8: (12, 24, 36), 16: (6, 12, 18)}
+MAX_GRAPH_BYTES = 512 << 20
+"""Default cap on the frozen GraphDef read (from the tar member header or the file size,
+before it is read; the release's is ~165 MB); `$S4D_MAX_DEEPLAB_GRAPH_BYTES` raises it."""
+MAX_CLASSES = 4096
+"""Most labels a DeepLab checkpoint may declare (ADE20K: 151)."""
+MAX_ATROUS_RATE = 64
+MAX_BLOCK_SHAPE_VALUES = 8
+"""A SpaceToBatchND block_shape Const holds 2 values; more is refused before conversion."""
 
 
 @dataclass(frozen=True)
@@ -369,8 +380,17 @@ def is_model_variable(name: str) -> bool:
 # Frozen GraphDef -> state dict (no TensorFlow needed)
 
 
-def tensor_proto_to_numpy(tensor) -> np.ndarray:
-    """Value of a TensorProto (`tensor_content` bytes or the repeated typed `*_val` fields)."""
+def declared_shape(tensor) -> tuple[int, ...]:
+    """The shape a TensorProto declares (header only; nothing is converted)."""
+    return tuple(int(dim.size) for dim in tensor.tensor_shape.dim)
+
+
+def tensor_proto_to_numpy(tensor, max_elements: int | None = None) -> np.ndarray:
+    """Value of a TensorProto (`tensor_content` bytes or the repeated typed `*_val` fields).
+
+    The declared shape is checked first (no negative dims, at most `max_elements` values,
+    `tensor_content` exactly that many bytes): ValueError before anything is allocated, so
+    a 63-byte Const declaring 250 M floats costs nothing."""
     dtypes = {
         types_pb2.DT_FLOAT: (np.float32, "float_val"),
         types_pb2.DT_DOUBLE: (np.float64, "double_val"),
@@ -381,9 +401,20 @@ def tensor_proto_to_numpy(tensor) -> np.ndarray:
     if tensor.dtype not in dtypes:
         raise ValueError(f"unsupported tensor dtype {types_pb2.DataType.Name(tensor.dtype)}")
     dtype, field = dtypes[tensor.dtype]
-    shape = tuple(dim.size for dim in tensor.tensor_shape.dim)
-    count = int(np.prod(shape))
+    shape = declared_shape(tensor)
+    if any(n < 0 for n in shape):
+        raise ValueError(f"tensor shape {list(shape)} has an unknown dimension")
+    count = math.prod(shape)
+    if max_elements is not None and count > max_elements:
+        raise ValueError(
+            f"tensor shape {list(shape)} declares {count} values, more than {max_elements}"
+        )
     if tensor.tensor_content:
+        if len(tensor.tensor_content) != count * np.dtype(dtype).itemsize:
+            raise ValueError(
+                f"tensor_content holds {len(tensor.tensor_content)} bytes, shape "
+                f"{list(shape)} needs {count * np.dtype(dtype).itemsize}"
+            )
         return (
             np.frombuffer(tensor.tensor_content, dtype=np.dtype(dtype).newbyteorder("<"))
             .reshape(shape)
@@ -393,6 +424,8 @@ def tensor_proto_to_numpy(tensor) -> np.ndarray:
     if tensor.dtype == types_pb2.DT_HALF:
         values = values.astype(np.uint16).view(np.float16)
     values = values.astype(dtype)
+    if values.size > count:
+        raise ValueError(f"{values.size} values for shape {list(shape)}")
     if values.size == 0:
         return np.zeros(shape, dtype)
     if values.size == count:
@@ -401,15 +434,41 @@ def tensor_proto_to_numpy(tensor) -> np.ndarray:
     return np.concatenate([values, np.full(count - values.size, values[-1], dtype)]).reshape(shape)
 
 
-def _read_graph_bytes(path: Path) -> bytes:
-    """The frozen GraphDef bytes of a release tarball or of a bare .pb file."""
-    if tarfile.is_tarfile(path):
-        with tarfile.open(path) as archive:
-            for member in archive.getmembers():
-                base = member.name.rsplit("/", 1)[-1]
-                if member.isfile() and base.startswith(FROZEN_GRAPH_NAME):
-                    return archive.extractfile(member).read()
-        raise CheckpointError(f"{path}: archive holds no {FROZEN_GRAPH_NAME}.pb")
+def _graph_limit() -> int:
+    return env_limit("S4D_MAX_DEEPLAB_GRAPH_BYTES", MAX_GRAPH_BYTES)
+
+
+def _graph_too_large(source: str, size: int, limit: int) -> CheckpointLimitError:
+    return CheckpointLimitError(
+        f"{source}: the frozen graph has {size} bytes, more than the limit of {limit} "
+        "(S4D_MAX_DEEPLAB_GRAPH_BYTES)"
+    )
+
+
+def _read_graph_bytes(path: Path, source: str = "") -> bytes:
+    """The frozen GraphDef bytes of a release tarball or of a bare .pb file; its size (tar
+    member header or file size) is checked against the cap before it is read."""
+    source = source or str(path)
+    limit = _graph_limit()
+    try:
+        if tarfile.is_tarfile(path):
+            with tarfile.open(path) as archive:
+                for member in archive:  # streamed: stops at the graph
+                    base = member.name.rsplit("/", 1)[-1]
+                    if not (member.isfile() and base.startswith(FROZEN_GRAPH_NAME)):
+                        continue
+                    if member.issparse():
+                        raise CheckpointError(f"{source}: {member.name} is a sparse tar member")
+                    if member.size > limit:
+                        raise _graph_too_large(f"{source} member {member.name}", member.size, limit)
+                    extracted = archive.extractfile(member)
+                    return extracted.read() if extracted else b""
+            raise CheckpointError(f"{source}: archive holds no {FROZEN_GRAPH_NAME}.pb")
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise CheckpointError(f"{source}: unreadable archive: {type(e).__name__}: {e}") from e
+    size = path.stat().st_size
+    if size > limit:
+        raise _graph_too_large(source, size, limit)
     return path.read_bytes()
 
 
@@ -471,32 +530,59 @@ def _infer_config(graph, consts: dict, num_classes: int) -> DeepLabConfig:
 
 
 def read_frozen_graph(uri: str) -> tuple[dict[str, torch.Tensor], DeepLabConfig]:
-    """State dict (our keys, PyTorch layouts) and export config of an official frozen graph."""
-    path = cached_path(uri)
-    graph = _parse_graph(_read_graph_bytes(path), uri)
-    consts = {
-        node.name: tensor_proto_to_numpy(node.attr["value"].tensor)
-        for node in graph.node
-        if node.op == "Const"
-        and (is_model_variable(node.name) or node.name.endswith("block_shape"))
-    }
-    variables = {name: value for name, value in consts.items() if is_model_variable(name)}
+    """State dict (our keys, PyTorch layouts) and export config of an official frozen graph.
+
+    Every variable's declared shape is checked against the Xception-65 network before any
+    Const is converted (an unknown or mis-shaped one costs its header only)."""
+    path = checkpoint_file(uri)
+    graph = _parse_graph(_read_graph_bytes(path, uri), uri)
     expected = expected_official_shapes()
-    missing = sorted(set(expected) - set(variables))
+    variables_pb, blocks_pb = {}, {}
+    for node in graph.node:
+        if node.op != "Const":
+            continue
+        if node.name in expected:
+            variables_pb.setdefault(node.name, node.attr["value"].tensor)
+        elif node.name.endswith("block_shape"):
+            blocks_pb.setdefault(node.name, node.attr["value"].tensor)
+    missing = sorted(set(expected) - set(variables_pb))
     if missing:
         raise CheckpointError(
             f"{uri}: not the DeepLabv3+ Xception-65 frozen graph: {len(missing)} of "
             f"{len(expected)} variables missing (e.g. {missing[0]!r})"
         )
-    num_classes = variables["logits/semantic/biases"].shape[0]
+    classes_shape = declared_shape(variables_pb["logits/semantic/biases"])
+    if len(classes_shape) != 1 or not 1 <= classes_shape[0] <= MAX_CLASSES:
+        raise CheckpointError(
+            f"{uri}: logits/semantic/biases has shape {classes_shape}, expected "
+            f"(classes,) with 1 to {MAX_CLASSES} classes"
+        )
+    num_classes = classes_shape[0]
     for name, shape in expected.items():
         if name.startswith("logits/"):
             shape = (*shape[:-1], num_classes)
-        if tuple(variables[name].shape) != tuple(shape):
+        if declared_shape(variables_pb[name]) != tuple(shape):
             raise CheckpointError(
-                f"{uri}: {name} has shape {tuple(variables[name].shape)}, expected {tuple(shape)}"
+                f"{uri}: {name} has shape {declared_shape(variables_pb[name])}, "
+                f"expected {tuple(shape)}"
             )
-    config = _infer_config(graph, consts, num_classes)
+    try:
+        variables = {
+            name: tensor_proto_to_numpy(tensor, math.prod(declared_shape(tensor)))
+            for name, tensor in variables_pb.items()
+        }
+        consts = {
+            name: tensor_proto_to_numpy(tensor, MAX_BLOCK_SHAPE_VALUES)
+            for name, tensor in blocks_pb.items()
+        }
+    except ValueError as e:
+        raise CheckpointError(f"{uri}: a Const of the frozen graph is invalid: {e}") from e
+    try:
+        config = _infer_config(graph, {**consts, **variables}, num_classes)
+    except CheckpointError:
+        raise
+    except (IndexError, ValueError) as e:
+        raise CheckpointError(f"{uri}: cannot read the export options of the graph: {e}") from e
     state = {
         state_dict_key(name): torch.from_numpy(
             np.ascontiguousarray(tf_to_torch_layout(name, variables[name]), dtype=np.float32)
@@ -526,18 +612,47 @@ def save_converted(state: dict[str, torch.Tensor], config: DeepLabConfig, path: 
     save_safetensors({k: v.contiguous() for k, v in state.items()}, path, metadata=metadata)
 
 
+def _config_from_metadata(options: object) -> DeepLabConfig:
+    """DeepLabConfig from the `config` metadata of a converted file, every value checked."""
+    if not isinstance(options, dict):
+        raise ValueError(f"config is a {type(options).__name__}, not an object")
+
+    def integer(value: object, key: str, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{key} must be an integer in [{low}, {high}], got {value!r}")
+        return value
+
+    stride = options.get("output_stride")
+    if stride not in ASPP_RATES:
+        raise ValueError(f"output_stride must be one of {sorted(ASPP_RATES)}, got {stride!r}")
+    rates = options.get("atrous_rates")
+    if not isinstance(rates, list) or len(rates) != 3:
+        raise ValueError(f"atrous_rates must be 3 integers, got {rates!r}")
+    return DeepLabConfig(
+        stride,
+        tuple(integer(r, "atrous_rates", 1, MAX_ATROUS_RATE) for r in rates),
+        integer(options.get("num_classes"), "num_classes", 1, MAX_CLASSES),
+    )
+
+
 def _read_safetensors(path: Path, uri: str) -> tuple[dict[str, torch.Tensor], DeepLabConfig]:
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{uri}: not a readable safetensors file: {e}") from e
     if metadata.get("format") != SAFETENSORS_FORMAT:
         raise CheckpointError(f"{uri}: safetensors file is not a converted DeepLab checkpoint")
-    options = json.loads(metadata["config"])
-    config = DeepLabConfig(
-        int(options["output_stride"]),
-        tuple(int(r) for r in options["atrous_rates"]),
-        int(options["num_classes"]),
-    )
-    return load_safetensors(str(path)), config
+    if "config" not in metadata:
+        raise CheckpointError(f"{uri}: converted DeepLab checkpoint has no config metadata")
+    try:
+        config = _config_from_metadata(json.loads(metadata["config"]))
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{uri}: invalid DeepLab config metadata: {e}") from e
+    try:
+        return load_safetensors(str(path)), config
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{uri}: not a readable safetensors file: {e}") from e
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -551,7 +666,7 @@ def _is_safetensors(path: Path) -> bool:
 
 def load_deeplab(uri: str = DEFAULT_URI, device: str | torch.device = "cpu") -> DeepLabV3Plus:
     """DeepLabv3+ from the release tarball, its frozen `.pb`, or a converted safetensors file."""
-    path = cached_path(uri)
+    path = checkpoint_file(uri)
     if _is_safetensors(path):
         state, config = _read_safetensors(path, uri)
     else:

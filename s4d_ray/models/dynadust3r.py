@@ -34,7 +34,6 @@ import argparse
 import ast
 import dataclasses
 import math
-import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from s4d_ray.io import fs
-from s4d_ray.models.weights import CheckpointError, cached_path
+from s4d_ray.models.weights import CheckpointError, load_torch_checkpoint
 
 DEFAULT_URI = (
     "https://download.europe.naverlabs.com/ComputerVision/DUSt3R/"
@@ -120,6 +119,27 @@ class DynaDUSt3RConfig:
             raise ValueError(f"unsupported depth_mode {self.depth_mode!r}")
         if self.conf_mode[0] not in ("exp", "sigmoid"):
             raise ValueError(f"unsupported conf_mode {self.conf_mode!r}")
+        # NaN or infinite transforms make every prediction NaN (exit 0): refused at load
+        if not (
+            isinstance(self.rope_freq, (int, float))
+            and not isinstance(self.rope_freq, bool)
+            and math.isfinite(self.rope_freq)
+            and self.rope_freq > 0
+        ):
+            raise ValueError(
+                f"pos_embed / rope_freq must be RoPE<frequency> with a finite frequency > 0, "
+                f"got {self.rope_freq!r}"
+            )
+        low, high = self.conf_mode[1:]
+        if not (
+            math.isfinite(low)
+            and high > low
+            and (math.isfinite(high) or self.conf_mode[0] == "exp")
+        ):
+            raise ValueError(
+                f"conf_mode must have a finite minimum below its maximum (which only 'exp' may "
+                f"leave infinite), got {self.conf_mode!r}"
+            )
         for dim, heads in (
             (self.enc_embed_dim, self.enc_num_heads),
             (self.dec_embed_dim, self.dec_num_heads),
@@ -709,12 +729,9 @@ def config_from_dust3r_args(model_args: str) -> DynaDUSt3RConfig:
 
 
 def _read_checkpoint(uri: str) -> dict[str, Any]:
-    path = cached_path(uri)
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"{uri!r} is not a DUSt3R/DynaDUSt3R checkpoint: {e}") from e
+    checkpoint = load_torch_checkpoint(
+        uri, safe_globals=[argparse.Namespace], what="DUSt3R/DynaDUSt3R checkpoint"
+    )
     if not (
         isinstance(checkpoint, dict)
         and isinstance(checkpoint.get("model"), dict)
@@ -758,7 +775,10 @@ def load_dust3r(uri: str = DEFAULT_URI) -> DynaDUSt3R:
     if isinstance(args, argparse.Namespace):
         if not isinstance(getattr(args, "model", None), str):
             raise CheckpointError(f"{uri!r}: args has no model constructor string")
-        config, dust3r = config_from_dust3r_args(args.model), True
+        try:
+            config, dust3r = config_from_dust3r_args(args.model), True
+        except CheckpointError as e:
+            raise CheckpointError(f"{uri!r}: {e}") from e
     elif isinstance(args, dict):
         try:
             config, dust3r = DynaDUSt3RConfig.from_dict(args), False

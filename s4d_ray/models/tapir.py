@@ -19,14 +19,13 @@ at +0.5 (pixel i spans [i, i+1)).
 from __future__ import annotations
 
 import math
-import pickle
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from s4d_ray.models.weights import CheckpointError, cached_path
+from s4d_ray.models.weights import CheckpointError, load_torch_checkpoint
 
 DEFAULT_URI = "https://storage.googleapis.com/dm-tapnet/bootstap/bootstapir_checkpoint_v2.pt"
 
@@ -616,11 +615,7 @@ def load_bootstap(uri: str = DEFAULT_URI) -> TAPIR:
 
     The file is a plain torch state dict; it must match the model exactly, else CheckpointError.
     """
-    path = cached_path(uri)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        raise CheckpointError(f"{uri!r} is not a torch state dict file: {e}") from e
+    state = load_torch_checkpoint(uri, what="torch state dict file")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{uri!r} does not hold a plain state dict of tensors")
     model = TAPIR()

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pickle
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from s4d_ray.errors import InputError
 from s4d_ray.io import fs
-from s4d_ray.models.weights import CheckpointError, cached_path
+from s4d_ray.models.weights import CheckpointError, load_torch_checkpoint
 
 CHECKPOINT_KEYS = ("epoch", "model_state_dict", "optimizer_state_dict", "loss")
 MIN_DEPTH = 0.01  # projections divide by max(z, MIN_DEPTH), as the official model
@@ -58,8 +59,26 @@ _NON_MODEL_KEYS = frozenset(
 )
 
 
-class TracksInputError(ValueError):
+class TracksInputError(InputError):
     """Tracks that the network cannot take: wrong shape, NaN/inf, or no visible point."""
+
+
+CONFIG_LIMITS = {
+    "network_width1": (1, 4096),
+    "positional_dim": (0, 32),
+    "K_basis": (1, 64),
+    "network_depth": (1, 32),
+    "max_cameras": (1, 10_000),
+    "heads": (1, 64),
+    "dim_head": (1, 256),
+    "mlp_dim": (1, 16_384),
+    "camera_kernel_size": (1, 255),
+}
+"""Bounds on every size of a TracksTo4D config (official: width 256, positional_dim 12, K 12,
+depth 3, 50 cameras, 16 heads x 64, MLP 2048, kernel 31), checked before anything is built;
+the checkpoint's tensor shapes must then match the config's (`load_tracksto4d`)."""
+MAX_CONFIG_BYTES = 1 << 20
+"""A TracksTo4D JSON config is < 1 kB; a larger file is refused unread."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,12 +107,27 @@ class TracksTo4DConfig:
     sparsity_dynamic_coeff: float = 0.001
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "use_visible_input", bool(self.use_visible_input))
-        for name in ("network_width1", "K_basis", "network_depth", "heads", "dim_head"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"TracksTo4D config {name} must be >= 1")
-        if self.positional_dim < 0 or self.camera_kernel_size % 2 != 1:
-            raise ValueError("positional_dim must be >= 0 and camera_kernel_size odd")
+        # types and bounds first, before anything is sized from them (the JSON may be hostile)
+        for name, (low, high) in CONFIG_LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(
+                    f"TracksTo4D config {name} must be an integer in [{low}, {high}], got {value!r}"
+                )
+        visible = self.use_visible_input
+        if not isinstance(visible, (bool, int)) or visible not in (0, 1):
+            raise ValueError(f"TracksTo4D config use_visible_input must be 0/1, got {visible!r}")
+        object.__setattr__(self, "use_visible_input", bool(visible))
+        for name in ("reprojection_dynamic_coeff", "sparsity_dynamic_coeff"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+            ):
+                raise ValueError(f"TracksTo4D config {name} must be a finite number, got {value!r}")
+        if self.camera_kernel_size % 2 != 1:
+            raise ValueError("TracksTo4D config camera_kernel_size must be odd")
 
     @property
     def input_channels(self) -> int:
@@ -103,6 +137,8 @@ class TracksTo4DConfig:
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> TracksTo4DConfig:
         """Config from an official JSON dict; training-only keys are ignored, unknown keys fail."""
+        if not isinstance(config, Mapping):
+            raise ValueError(f"a TracksTo4D config is a JSON object, not {type(config).__name__}")
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(config) - fields - _NON_MODEL_KEYS
         if unknown:
@@ -348,19 +384,19 @@ def config_uri_for(checkpoint_uri: str) -> str:
 def read_config(uri: str) -> TracksTo4DConfig:
     """A TracksTo4D JSON config from any fsspec URI (CheckpointError when absent or invalid)."""
     try:
-        return TracksTo4DConfig.from_dict(json.loads(fs.read_bytes(uri)))
+        data = fs.read_bytes(uri, max_bytes=MAX_CONFIG_BYTES)
     except FileNotFoundError as e:
         raise CheckpointError(f"TracksTo4D config {uri!r} not found (pass config=)") from e
-    except (ValueError, TypeError) as e:
+    except OSError as e:  # a folder, FIFO or a file over MAX_CONFIG_BYTES
+        raise CheckpointError(f"TracksTo4D config {uri!r}: {e}") from e
+    try:
+        return TracksTo4DConfig.from_dict(json.loads(data))
+    except (ValueError, TypeError, RecursionError) as e:
         raise CheckpointError(f"TracksTo4D config {uri!r} is not valid: {e}") from e
 
 
 def _checkpoint_dict(uri: str) -> dict[str, Any]:
-    path = cached_path(uri)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{uri!r} is not a safe-to-load torch checkpoint: {e}") from e
+    checkpoint = load_torch_checkpoint(uri, what="TracksTo4D checkpoint")
     if not isinstance(checkpoint, dict) or set(checkpoint) != set(CHECKPOINT_KEYS):
         keys = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(
@@ -410,10 +446,16 @@ def load_tracksto4d(
     elif isinstance(config, str):
         config = read_config(config)
     elif not isinstance(config, TracksTo4DConfig):
-        config = TracksTo4DConfig.from_dict(config)
+        try:
+            config = TracksTo4DConfig.from_dict(config)
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"TracksTo4D config for {uri!r} is not valid: {e}") from e
     checkpoint = _checkpoint_dict(uri)
-    model = TracksTo4D(config, predict_focal_length=predict_focal_length)
-    problems = state_dict_problems(model, checkpoint["model_state_dict"])
+    # the config's shapes against the file's before anything is allocated: a meta-device
+    # model has every parameter shape and no storage
+    with torch.device("meta"):
+        shapes = TracksTo4D(config, predict_focal_length=predict_focal_length)
+    problems = state_dict_problems(shapes, checkpoint["model_state_dict"])
     if problems:
         raise CheckpointError(
             f"{uri!r} does not match the TracksTo4D network of its config "
@@ -421,6 +463,7 @@ def load_tracksto4d(
             f"K {config.K_basis}, visible input {config.use_visible_input}, depth "
             f"{config.network_depth}): " + "; ".join(problems)
         )
+    model = TracksTo4D(config, predict_focal_length=predict_focal_length)
     model.load_state_dict(checkpoint["model_state_dict"], strict=True)
     model.eval()
     return (model, checkpoint) if with_checkpoint else model

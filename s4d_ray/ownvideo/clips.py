@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 
 import av
 import cv2
 import numpy as np
 
 from s4d_ray.errors import StageError, VideoError
-from s4d_ray.io.video import open_video_stream
+from s4d_ray.io.video import MAX_TIMESTAMP_US, open_video_stream
 
 STAGE = "clips"
 
@@ -86,23 +87,60 @@ class ClipSpan:
         return int(self.timestamps[0])
 
 
+def _checked_time(frame: av.VideoFrame, base: Fraction, previous: int | None, where: str) -> int:
+    """The frame's time in µs, refusing what would make clip timestamps lie: no time at all
+    (a raw elementary stream), a negative or over-15-digit time (the clip id's field), or a
+    time not after the previous frame's (duplicate or reordered presentation times)."""
+    if frame.pts is None:
+        raise ValueError(
+            f"{where} has no presentation time (a raw stream?): remux it into MP4 or Matroska"
+        )
+    time_us = int(round(float(frame.pts * base) * 1_000_000))
+    if not 0 <= time_us <= MAX_TIMESTAMP_US:
+        raise ValueError(
+            f"{where} is at {time_us} µs, outside [0, {MAX_TIMESTAMP_US}] (a negative start "
+            "offset? remux with `ffmpeg -i IN -c copy -avoid_negative_ts make_zero OUT`)"
+        )
+    if previous is not None and time_us <= previous:
+        raise ValueError(
+            f"{where} is at {time_us} µs, not after the previous frame's {previous} µs "
+            "(duplicate or out-of-order frame times)"
+        )
+    return time_us
+
+
 def iter_video_frames(
     uri: str, video_id: str = "", stage: str = STAGE
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (timestamp µs, RGB frame [H,W,3] uint8) for every frame of `uri`, in order."""
+    """Yield (timestamp µs, RGB frame [H,W,3] uint8) for every frame of `uri`, in order.
+
+    Refused with a VideoError naming the file: frames without times, times that are negative,
+    longer than 15 digits or not increasing, a frame size that changes mid-stream, and a
+    display rotation (the stereo halves would be turned with the frame)."""
     label = video_id or uri
     with open_video_stream(uri, label, stage) as (container, stream):
         base = stream.time_base
+        size = (stream.width, stream.height)
+        previous = None
         try:
-            for frame in container.decode(stream):
-                if frame.pts is None:
-                    continue
-                yield (
-                    int(round(float(frame.pts * base) * 1_000_000)),
-                    frame.to_ndarray(format="rgb24"),
-                )
+            for index, frame in enumerate(container.decode(stream)):
+                where = f"{uri!r}: frame {index}"
+                if (frame.width, frame.height) != size:
+                    raise ValueError(
+                        f"{where} is {frame.width}×{frame.height} px, the stream "
+                        f"{size[0]}×{size[1]}: the frame size changes mid-stream"
+                    )
+                if frame.rotation:
+                    raise ValueError(
+                        f"{uri!r} asks players to rotate it by {frame.rotation}°: a rotated "
+                        "VR180 video is not side-by-side as stored; re-encode it upright"
+                    )
+                previous = _checked_time(frame, base, previous, where)
+                yield previous, frame.to_ndarray(format="rgb24")
         except av.FFmpegError as e:
             raise VideoError(label, stage, f"corrupt video {uri!r}: {e}") from e
+        except ValueError as e:
+            raise VideoError(label, stage, str(e)) from None
 
 
 def _left_grey(frame: np.ndarray, size: int) -> np.ndarray:

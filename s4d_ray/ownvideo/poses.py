@@ -530,6 +530,28 @@ class BundleProblem:
         return state, iterations
 
 
+PRUNING_ROUNDS = 3
+"""Bundle solves per clip; points whose median residual says they move are dropped between
+them, so the last solve (and every figure) uses exactly the points that are left."""
+
+
+def _bundle_problem(
+    tracks: SparseTracks,
+    candidates: np.ndarray,
+    k: np.ndarray,
+    config: PoseConfig,
+    num_frames: int,
+) -> BundleProblem:
+    """The bundle over the observations of the `candidates` tracks (point i = candidates[i])."""
+    remap = np.full(tracks.num_tracks, -1)
+    remap[candidates] = np.arange(len(candidates))
+    obs = np.nonzero(remap[tracks.track] >= 0)[0]
+    return BundleProblem(
+        remap[tracks.track[obs]], tracks.frame[obs], tracks.left[obs], tracks.right[obs],
+        k, config, num_frames, len(candidates),
+    )  # fmt: skip
+
+
 def estimate_poses(
     left: np.ndarray,
     right: np.ndarray,
@@ -543,15 +565,27 @@ def estimate_poses(
     Raises StageError(clip_id, 'poses', figures) when the poses cannot be trusted.
     """
     config = config or PoseConfig()
-    seconds: dict[str, float] = {}
     start = time.perf_counter()
     num_frames, size = left.shape[0], left.shape[2]
     if num_frames < 2:
         raise StageError(clip_id, STAGE, f"a clip needs at least 2 frames, got {num_frames}")
     k = intrinsics(size, left.shape[1], config.hfov_deg)
     tracks = track_sparse(left, right, labels, config)
-    seconds["tracks"] = time.perf_counter() - start
-    mark = time.perf_counter()
+    result = poses_from_tracks(tracks, num_frames, k, clip_id, config)
+    result.seconds["tracks"] = time.perf_counter() - start - result.seconds["total"]
+    result.seconds["total"] = time.perf_counter() - start
+    return result
+
+
+def poses_from_tracks(
+    tracks: SparseTracks, num_frames: int, k: np.ndarray, clip_id: str, config: PoseConfig
+) -> PoseResult:
+    """Metric camera2world [T,3,4] from sparse stereo tracks (intrinsics `k` [3,3] px): PnP
+    initialisation, then bundle solves that drop points whose residuals say they move.
+    Raises StageError(clip_id, 'poses', figures) when the poses cannot be trusted."""
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    mark = start
     w2c, world, outlier_rate = initial_poses(tracks, num_frames, k, config, clip_id)
     seconds["init"] = time.perf_counter() - mark
     mark = time.perf_counter()
@@ -576,16 +610,12 @@ def estimate_poses(
         right_eye=np.eye(3),
     )
     iterations = []
-    for _ in range(3):  # solve; drop points whose residuals say they move; solve again
-        remap = np.full(tracks.num_tracks, -1)
-        remap[candidates] = np.arange(len(candidates))
-        obs = np.nonzero(remap[tracks.track] >= 0)[0]
-        problem = BundleProblem(
-            remap[tracks.track[obs]], tracks.frame[obs], tracks.left[obs], tracks.right[obs],
-            k, config, num_frames, len(candidates),
-        )  # fmt: skip
+    for round_ in range(PRUNING_ROUNDS):  # solve; drop points that look moving; solve again
+        problem = _bundle_problem(tracks, candidates, k, config, num_frames)
         state, its = problem.solve(state)
         iterations.append(its)
+        if round_ == PRUNING_ROUNDS - 1:
+            break  # the last solve's problem is the one the figures below are computed on
         errors = np.linalg.norm(problem.residuals(state), axis=1)
         errors = np.where(np.isfinite(errors), errors, np.inf)
         order = np.argsort(problem.point, kind="stable")

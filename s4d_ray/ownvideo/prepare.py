@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from s4d_ray.geometry.rectify import rectify_clip
-from s4d_ray.io import fs
+from s4d_ray.io import fs, video_lookup
 from s4d_ray.io.clip_io import ClipRecord, write_clip
 from s4d_ray.io.ids import make_clip_id, validate_video_id
 from s4d_ray.ownvideo.calibration import STAGE as CALIBRATION_STAGE
@@ -34,6 +34,8 @@ from s4d_ray.ownvideo.poses import PoseConfig, estimate_poses
 log = logging.getLogger(__name__)
 
 OWNVIDEO_DIR = "ownvideo"
+VIDEO_TIMEOUT_S = 7200.0
+"""Default limit on preparing one video (cuts, calibration, poses of all its clips), s."""
 PREPARE_VERSION = "ownvideo-prepare-1"
 
 
@@ -44,6 +46,7 @@ class OwnVideoConfig:
     clips: ClipConfig = field(default_factory=ClipConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     poses: PoseConfig = field(default_factory=PoseConfig)
+    timeout_s: float = VIDEO_TIMEOUT_S
 
 
 @dataclass
@@ -154,8 +157,9 @@ def video_clip_records(
         "seconds": round(calibration.seconds, 3),
     }
     for clip in clips:
-        clip_id = make_clip_id(video_id, clip.first_timestamp_us)
+        clip_id = f"{video_id}_{clip.first_timestamp_us}"  # the failure row's name if invalid
         try:
+            clip_id = make_clip_id(video_id, clip.first_timestamp_us)
             template = clip_record(
                 clip_id,
                 video_id,
@@ -218,14 +222,12 @@ def prepare_video(
     return outcome
 
 
-def list_videos(videos_uri: str) -> list[tuple[str, str]]:
-    """(video_id, uri) of every `<video_id>.mp4` under `videos_uri`; names that are not valid
-    video ids are skipped with a warning."""
-    out = []
-    for uri in fs.list_files(videos_uri, ".mp4"):
-        stem = uri.rstrip("/").rsplit("/", 1)[-1].removesuffix(".mp4")
-        try:
-            out.append((validate_video_id(stem), uri))
-        except ValueError:
-            log.warning("skipping %s: not a <video_id>.mp4 name", uri)
-    return sorted(out)
+def list_videos(videos_uri: str) -> tuple[list[tuple[str, str]], list[PreparedFailure]]:
+    """((video_id, uri) of every raw video under `videos_uri`, failures): any container of
+    `io.video_lookup` in any letter case, ids from the file names; two files giving one id
+    are one failure naming both."""
+    videos, duplicates = video_lookup.list_videos(videos_uri)
+    failures = [
+        PreparedFailure(d.video_id, CLIPS_STAGE, type(d).__name__, str(d)) for d in duplicates
+    ]
+    return list(videos.items()), failures

@@ -18,9 +18,9 @@ import numpy as np
 from s4d_ray.errors import StageError
 from s4d_ray.geometry.pose_metrics import ate_se3, ate_sim3, rpe
 from s4d_ray.geometry.rectify import rectify_clip
-from s4d_ray.io import fs
 from s4d_ray.io.clip_io import read_clip
 from s4d_ray.io.ids import validate_video_id
+from s4d_ray.io.video_lookup import find_video
 from s4d_ray.ownvideo.poses import PoseConfig, estimate_poses
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def qa_clip(npz_uri: str, videos_uri: str, config: PoseConfig | None = None) -> 
     try:
         record = read_clip(npz_uri)
         row["clip_id"], row["frames"] = record.name, record.num_frames
-        video = fs.join(videos_uri, f"{validate_video_id(record.video_id)}.mp4")
+        video = find_video(videos_uri, validate_video_id(record.video_id), record.name, "poses")
         left, right = rectify_clip(record, video)
         poses = estimate_poses(left, right, record.name, config=config)
         release = record.camera2world
@@ -69,7 +69,9 @@ def qa_clip(npz_uri: str, videos_uri: str, config: PoseConfig | None = None) -> 
             points=poses.num_points,
             rms_px=poses.rms_px,
         )
-    except (StageError, ValueError, OSError) as error:
+    # one row per bad clip, the others go on: unreadable inputs, a failed estimate, or metrics
+    # undefined for the clip (a static camera has no Sim(3) alignment: ValueError)
+    except (StageError, ValueError, ArithmeticError, OSError) as error:
         row["error"] = f"{type(error).__name__}: {error}"
     row["seconds"] = round(time.perf_counter() - start, 3)
     return row

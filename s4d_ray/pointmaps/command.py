@@ -8,22 +8,37 @@ import dataclasses
 import json
 import sys
 
+from s4d_ray.argtypes import float_range, int_range
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The export job's flags."""
     parser.add_argument("--input", required=True, help="engine output folder (any fsspec URI)")
     parser.add_argument("--output", required=True, help="export folder (shards/, summary.json)")
-    parser.add_argument("--frames", type=int, default=17, help="frames per window, 4k + 1")
     parser.add_argument(
-        "--stride", type=int, default=0, help="frames between windows (0 = --frames)"
+        "--frames", type=int_range(1, 100_000), default=17, help="frames per window, 4k + 1"
     )
     parser.add_argument(
-        "--size", type=int, default=512, help="output size, px (K scaled, same FoV)"
+        "--stride",
+        type=int_range(0, 100_000),
+        default=0,
+        help="frames between windows (0 = --frames)",
     )
     parser.add_argument(
-        "--min-valid", type=float, default=0.7, help="drop windows with less valid depth than this"
+        "--size",
+        type=int_range(16, 4096),
+        default=512,
+        help="output size, px (K scaled, same FoV)",
     )
-    parser.add_argument("--limit", type=int, default=None, help="export at most N new clips")
+    parser.add_argument(
+        "--min-valid",
+        type=float_range(0.0, 1.0),
+        default=0.7,
+        help="drop windows with less valid depth than this",
+    )
+    parser.add_argument(
+        "--limit", type=int_range(1), default=None, help="export at most N new clips"
+    )
     parser.add_argument(
         "--address", default=None, help="Ray address (default: RAY_ADDRESS or local)"
     )
@@ -31,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the export from parsed flags; print the summary. Exit code 2 for bad flags or input."""
-    from s4d_ray.io.lease import OutputBusyError
+    from s4d_ray.errors import report_error
     from s4d_ray.pointmaps.export import ExportConfig, export_pointmaps
 
     try:
@@ -45,8 +60,7 @@ def run(args: argparse.Namespace) -> int:
         ray.init(address=args.address)
     try:
         summary = export_pointmaps(args.input, args.output, config, args.limit)
-    except (FileNotFoundError, OutputBusyError) as error:
-        print(f"export-pointmaps: error: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:
+        return report_error(error, "export-pointmaps")
     print(json.dumps(dataclasses.asdict(summary), indent=2, sort_keys=True))
     return 0

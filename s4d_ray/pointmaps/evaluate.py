@@ -12,15 +12,15 @@ Predictions: WebDataset tar shards with the reference's sample keys, each holdin
   (`quality.poses_from_pointmaps`) against the exported poses: ATE after Sim(3) (Umeyama) and
   SE(3) alignment (m), RPE between consecutive frames (m, deg) — `geometry.pose_metrics`.
 
-The JSON has the means over samples, the per-sample values, and the reference keys with no
-prediction (`missing`).
+The JSON has the means over samples, the per-sample values, the reference keys with no
+prediction (`missing`), and one failure row per sample that could not be scored (`failed`:
+key → error; a member refused, corrupt or inconsistent) — the others are still scored.
 """
 
 from __future__ import annotations
 
 import json
 import tarfile
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ from s4d_ray.pointmaps.reader import (
     decode_sample,
     iter_raw_samples,
     load_npy,
+    read_member,
     shard_uris,
 )
 
@@ -55,6 +56,9 @@ def depth_metrics(predicted: np.ndarray, reference: np.ndarray) -> dict[str, flo
 def score_sample(pointmaps: np.ndarray, reference: dict[str, Any]) -> dict[str, float]:
     """Metrics of one predicted sequence [T,H,W,3] against a decoded reference sample."""
     key = reference["key"]
+    for name in ("depth", "mask", "intrinsics", "camera2world"):
+        if name not in reference:
+            raise SampleError(f"sample {key!r}: no {name}.npy in the reference")
     mask = np.asarray(reference["mask"], bool)
     k = np.asarray(reference["intrinsics"], np.float64)
     poses = np.asarray(reference["camera2world"], np.float64)
@@ -94,45 +98,62 @@ def _index(shards: list[str]) -> dict[str, tuple[str, dict[str, tarfile.TarInfo]
     return index
 
 
-def _read_member(shard: str, member: tarfile.TarInfo) -> bytes:
+def _read_member(shard: str, member: tarfile.TarInfo, label: str) -> bytes:
+    """One member of a prediction shard, size-checked from its header first."""
     filesystem, path = fs.filesystem(shard)
     with filesystem.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
-        extracted = tar.extractfile(member)
-        return extracted.read() if extracted else b""
+        return read_member(tar, member, label)
 
 
-def _references(ref_uri: str) -> Iterator[dict[str, Any]]:
-    for shard in shard_uris(ref_uri):
-        for raw in iter_raw_samples(shard):
-            raw.pop("rgb.mp4", None)  # frames are not scored
-            yield decode_sample(raw)
+def _score(raw: dict[str, Any], entry: tuple[str, dict[str, tarfile.TarInfo]]) -> dict[str, float]:
+    """Metrics of one reference sample (raw members) against its prediction."""
+    raw.pop("rgb.mp4", None)  # frames are not scored
+    reference = decode_sample(raw)
+    key = reference["key"]
+    mask = reference.get("mask")
+    if mask is None:
+        raise SampleError(f"sample {key!r}: no mask.npy in the reference")
+    label = f"prediction {key!r} pointmaps.npy"
+    data = _read_member(entry[0], entry[1]["pointmaps.npy"], label)
+    pointmaps = load_npy(data, label, (*mask.shape, 3), "f").astype(np.float32)
+    return score_sample(pointmaps, reference)
 
 
 def evaluate_pointmaps(pred_uri: str, ref_uri: str) -> dict[str, Any]:
-    """Score every reference sample that has a prediction; see the module docstring."""
+    """Score every reference sample that has a prediction; see the module docstring. A
+    sample that cannot be scored is one row of `failed`; SampleError only when none could."""
     pred_shards, ref_shards = shard_uris(pred_uri), shard_uris(ref_uri)
     if not pred_shards:
         raise FileNotFoundError(f"no .tar shards under {pred_uri!r}")
     if not ref_shards:
         raise FileNotFoundError(f"no .tar shards under {ref_uri!r}")
     index = _index(pred_shards)
-    per_sample, missing = {}, []
-    for reference in _references(ref_uri):
-        key = reference["key"]
-        entry = index.get(key)
-        if entry is None or "pointmaps.npy" not in entry[1]:
-            missing.append(key)
-            continue
-        data = _read_member(entry[0], entry[1]["pointmaps.npy"])
-        pointmaps = load_npy(data, f"prediction {key!r} pointmaps.npy").astype(np.float32)
-        per_sample[key] = score_sample(pointmaps, reference)
+    per_sample: dict[str, dict[str, float]] = {}
+    failed: dict[str, str] = {}
+    missing: list[str] = []
+    for shard in ref_shards:
+        for raw in iter_raw_samples(shard):
+            key = str(raw["__key__"])
+            entry = index.get(key)
+            if entry is None or "pointmaps.npy" not in entry[1]:
+                missing.append(key)
+                continue
+            try:
+                per_sample[key] = _score(raw, entry)
+            except (SampleError, ValueError, ArithmeticError) as error:
+                failed[key] = f"{type(error).__name__}: {error}"
     if not per_sample:
-        raise SampleError(f"no reference sample of {ref_uri!r} has a prediction in {pred_uri!r}")
+        first = next(iter(failed.items()), None)
+        why = f"; {len(failed)} failed, first {first[0]!r}: {first[1]}" if first else ""
+        raise SampleError(
+            f"no reference sample of {ref_uri!r} has a scorable prediction in {pred_uri!r}{why}"
+        )
     names = sorted(next(iter(per_sample.values())))
     means = {name: float(np.nanmean([s[name] for s in per_sample.values()])) for name in names}
     return {
         "samples": len(per_sample),
         "missing": sorted(missing),
+        "failed": failed,
         "mean": means,
         "per_sample": per_sample,
         "pred": pred_uri,

@@ -47,6 +47,7 @@ from s4d_ray.io import fs
 from s4d_ray.io.clip_io import read_clip
 from s4d_ray.io.dense import dense_clip_ids, encode_frames, read_dense
 from s4d_ray.io.lease import OutputLease
+from s4d_ray.io.overlap import check_output
 from s4d_ray.io.writer import ClipFailure, read_failures, write_failures
 from s4d_ray.pointmaps.geometry import relative_poses, resize_depth, resize_frames, scale_intrinsics
 from s4d_ray.pointmaps.quality import window_quality
@@ -301,6 +302,7 @@ def export_pointmaps(
 
     One run per export folder: its lease (`io.lease`, as the engine's) is held throughout, so a
     second run fails with OutputBusyError instead of deleting the first one's shards."""
+    check_output(output, {"--input": input_root})
     fs.makedirs(output)
     with OutputLease.acquire(output):
         return _export(input_root, output, config, limit, num_cpus)

@@ -21,43 +21,161 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import zlib
 from collections.abc import Iterator, Mapping
 from functools import partial
 from typing import Any
 
 import numpy as np
 
+from s4d_ray.errors import InputError, ResourceLimitError
 from s4d_ray.io import fs
-from s4d_ray.io.dense import decode_frames
+from s4d_ray.io.clip_io import npy_header_within
+from s4d_ray.io.dense import DenseOutputError, decode_frames
+from s4d_ray.limits import env_limit
 from s4d_ray.pointmaps.geometry import depth_to_pointmaps, normalise_pointmaps
 
+MAX_MEMBER_BYTES = 512 << 20
+"""Default cap on one member of a sample (from its tar header, before it is read; a default
+export window's largest member is ~9 MB, a [17,512,512,3] float32 prediction 53 MB).
+`$S4D_MAX_SAMPLE_MEMBER_BYTES` raises it."""
+MAX_SAMPLE_BYTES = 2 << 30
+"""Default cap on all members of one sample together; `$S4D_MAX_SAMPLE_BYTES` raises it."""
+ERROR_KEY = "__error__"
+"""Set in a raw sample (by `iter_raw_samples`) whose members were refused unread, to the
+SampleError; decoding the sample raises it, so a reader can go on with the next sample."""
 
-class SampleError(ValueError):
+
+class SampleError(InputError):
     """A sample is missing a member or holds a corrupt one (names the sample and member)."""
 
 
-def load_npy(data: bytes, label: str) -> np.ndarray:
-    """`.npy` bytes → array, never unpickling."""
+class SampleLimitError(SampleError, ResourceLimitError):
+    """A sample member whose declared size (tar header) is over a limit."""
+
+
+def member_limits() -> tuple[int, int]:
+    """(member bytes, sample bytes) caps in force: the defaults or the environment."""
+    return (
+        env_limit("S4D_MAX_SAMPLE_MEMBER_BYTES", MAX_MEMBER_BYTES),
+        env_limit("S4D_MAX_SAMPLE_BYTES", MAX_SAMPLE_BYTES),
+    )
+
+
+def check_member(member: tarfile.TarInfo, label: str) -> None:
+    """Refuse a tar member from its header alone, before it is read: a GNU/PAX sparse member
+    (a 10 KB tar can declare 1 GiB of holes) or one over the member cap."""
+    if member.issparse():
+        raise SampleError(f"{label}: a sparse tar member, not accepted")
+    limit, _ = member_limits()
+    if member.size > limit:
+        raise SampleLimitError(
+            f"{label}: {member.size} bytes, more than the limit of {limit} "
+            "(S4D_MAX_SAMPLE_MEMBER_BYTES)"
+        )
+
+
+def read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, label: str) -> bytes:
+    """A regular member's bytes after `check_member`."""
+    check_member(member, label)
+    extracted = tar.extractfile(member)
+    return extracted.read() if extracted else b""
+
+
+def load_npy(
+    data: bytes, label: str, shape: tuple[int | None, ...] | None = None, kinds: str = ""
+) -> np.ndarray:
+    """`.npy` bytes → array, never unpickling. The header is checked first
+    (`clip_io.npy_header_within`: an .npy, no objects, within the member's bytes), then
+    against `shape` (None = any size on that axis) and the dtype `kinds` ('f', 'b', ...)."""
+    stream = io.BytesIO(data)
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as e:
+        declared, dtype = npy_header_within(stream, len(data))
+    except ValueError as e:
+        raise SampleError(f"{label}: {e}") from e
+    if shape is not None and (
+        len(declared) != len(shape)
+        or any(want is not None and got != want for got, want in zip(declared, shape, strict=True))
+    ):
+        pretty = "[" + ",".join("*" if n is None else str(n) for n in shape) + "]"
+        raise SampleError(f"{label}: shape {list(declared)}, expected {pretty}")
+    if kinds and dtype.kind not in kinds:
+        raise SampleError(f"{label}: dtype {dtype}, expected kind {kinds!r}")
+    stream.seek(0)
+    try:
+        return np.lib.format.read_array(stream, allow_pickle=False)
+    except Exception as e:  # truncated data: ValueError, EOFError, ...
         raise SampleError(f"{label}: corrupt .npy: {type(e).__name__}: {e}") from e
+
+
+def _finite(array: np.ndarray, label: str) -> np.ndarray:
+    if not np.isfinite(array).all():
+        raise SampleError(f"{label}: contains NaN or inf")
+    return array
 
 
 def decode_sample(raw: Mapping[str, Any]) -> dict[str, Any]:
     """A WebDataset sample (member name without the key → bytes, plus `__key__`) → arrays:
     frames, depth (float32 m), mask, intrinsics, camera2world, meta (dict), and `pointmaps`
-    when the sample holds predicted ones (`pointmaps.npy`). Frames only if `rgb.mp4` is there."""
+    when the sample holds predicted ones (`pointmaps.npy`). Frames only if `rgb.mp4` is there.
+
+    Every member is checked from its header before it is decoded and against the others:
+    depth, mask [T,H,W], pointmaps [T,H,W,3], intrinsics finite [3,3], camera2world finite
+    [T,4,4] (or [T,3,4]), rgb.mp4 at most T frames of H x W, meta.json an object. Anything
+    else is a SampleError naming the sample and the member."""
     key = str(raw.get("__key__", "?"))
+    refused = raw.get(ERROR_KEY)
+    if refused:
+        kind = type(refused) if isinstance(refused, SampleError) else SampleError
+        raise kind(str(refused))
     out: dict[str, Any] = {"key": key}
-    for name in ("depth", "mask", "intrinsics", "camera2world", "pointmaps"):
-        member = f"{name}.npy"
-        if member in raw and raw[member] is not None:
-            out[name] = load_npy(bytes(raw[member]), f"sample {key!r} {member}")
-    if "meta.json" in raw:
-        out["meta"] = json.loads(bytes(raw["meta.json"]))
-    if "rgb.mp4" in raw:
-        out["frames"] = decode_frames(bytes(raw["rgb.mp4"]), f"sample {key!r} rgb.mp4")
+
+    def member(name: str) -> bytes | None:
+        value = raw.get(name)
+        return None if value is None else bytes(value)
+
+    t = h = w = None
+    for name, kinds in (("depth", "f"), ("mask", "b"), ("pointmaps", "f")):
+        data = member(f"{name}.npy")
+        if data is None:
+            continue
+        shape = (t, h, w, 3) if name == "pointmaps" else (t, h, w)
+        out[name] = load_npy(data, f"sample {key!r} {name}.npy", shape, kinds)
+        t, h, w = out[name].shape[:3]
+    data = member("intrinsics.npy")
+    if data is not None:
+        label = f"sample {key!r} intrinsics.npy"
+        k = _finite(load_npy(data, label, (3, 3), "fiu").astype(np.float64), label)
+        if k[0, 0] == 0 or k[1, 1] == 0:
+            raise SampleError(f"{label}: zero focal length")
+        out["intrinsics"] = k.astype(np.float32)
+    data = member("camera2world.npy")
+    if data is not None:
+        label = f"sample {key!r} camera2world.npy"
+        poses = load_npy(data, label, (t, None, 4), "f")
+        if poses.shape[1] not in (3, 4):
+            raise SampleError(f"{label}: shape {list(poses.shape)}, expected [T,4,4] or [T,3,4]")
+        out["camera2world"] = _finite(poses, label)
+    data = member("meta.json")
+    if data is not None:
+        try:
+            meta = json.loads(data)
+        except (ValueError, RecursionError) as e:
+            raise SampleError(
+                f"sample {key!r} meta.json: not valid JSON: {type(e).__name__}"
+            ) from e
+        if not isinstance(meta, dict):
+            raise SampleError(f"sample {key!r} meta.json: expected a JSON object")
+        out["meta"] = meta
+    data = member("rgb.mp4")
+    if data is not None:
+        label = f"sample {key!r} rgb.mp4"
+        size = (h, w) if h is not None else None
+        try:
+            out["frames"] = decode_frames(data, label, t, size)
+        except DenseOutputError as e:
+            error = SampleLimitError if isinstance(e, ResourceLimitError) else SampleError
+            raise error(str(e)) from e
     if "depth" in out:
         out["depth"] = out["depth"].astype(np.float32)
     return out
@@ -99,22 +217,44 @@ def shard_uris(uri: str) -> list[str]:
 
 def iter_raw_samples(shard_uri: str) -> Iterator[dict[str, Any]]:
     """Raw WebDataset samples of one tar shard, streamed: members grouped by key (the name up
-    to its first dot), `__key__` set."""
+    to its first dot), `__key__` set. Members are size-checked from their headers before they
+    are read (`check_member`, and the sample's total); a sample with a refused member is
+    yielded with `ERROR_KEY` set and its members dropped, so the next samples still come."""
     filesystem, path = fs.filesystem(shard_uri)
     current: dict[str, Any] | None = None
-    with filesystem.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            name = member.name.rsplit("/", 1)[-1]
-            key, _, suffix = name.partition(".")
-            if current is not None and current["__key__"] != key:
-                yield current
-                current = None
-            if current is None:
-                current = {"__key__": key}
-            extracted = tar.extractfile(member)
-            current[suffix] = extracted.read() if extracted else b""
+    total = 0
+    _, sample_limit = member_limits()
+    try:
+        with filesystem.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile() and not member.issparse():
+                    continue
+                name = member.name.rsplit("/", 1)[-1]
+                key, _, suffix = name.partition(".")
+                if current is not None and current["__key__"] != key:
+                    yield current
+                    current = None
+                if current is None:
+                    current, total = {"__key__": key}, 0
+                if current.get(ERROR_KEY):
+                    continue
+                label = f"sample {key!r} {suffix}"
+                try:
+                    check_member(member, label)
+                    total += member.size
+                    if total > sample_limit:
+                        raise SampleLimitError(
+                            f"{label}: the sample's members take {total} bytes, more than the "
+                            f"limit of {sample_limit} (S4D_MAX_SAMPLE_BYTES)"
+                        )
+                except SampleError as error:
+                    current = {"__key__": key, ERROR_KEY: error}
+                    continue
+                current[suffix] = read_member(tar, member, label)
+    except (tarfile.TarError, EOFError, zlib.error) as e:
+        raise SampleError(
+            f"shard {shard_uri!r}: not a readable tar: {type(e).__name__}: {e}"
+        ) from e
     if current is not None:
         yield current
 

@@ -11,6 +11,10 @@ Depth, on visible points of the estimated tracks (camera z, metres):
 Poses (camera→world): ATE after Sim(3) (Umeyama) alignment of camera centres (m), RPE
 translation (m) and rotation (deg) between consecutive frames of the aligned estimate, RMS as
 the official `pose_eval.py`; the Sim(3) scale is reported too.
+
+`evaluate_checkpoint` scores every clip it can: a clip that cannot be read, run or scored (a
+static camera has no Sim(3) alignment) is one row of `failed` (clip id → error), the others
+are scored; only when no clip could be is it a StageError.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 
 from s4d_ray.errors import StageError
 from s4d_ray.geometry.pose_metrics import ate_sim3, rpe
+from s4d_ray.io.overlap import check_output
 from s4d_ray.track.moving import moving_by_extent
 from s4d_ray.tracksto4d.data import ClipTracks
 from s4d_ray.tracksto4d.inference import ClipPrediction
@@ -122,27 +127,39 @@ def evaluate_checkpoint(
     import torch
 
     from s4d_ray.io import fs
-    from s4d_ray.io.clip_io import read_clip
+    from s4d_ray.io.clip_io import npz_stem, read_clip
     from s4d_ray.models.device import pick_device
     from s4d_ray.models.tracksto4d import load_tracksto4d
     from s4d_ray.tracksto4d.data import clip_tracks
     from s4d_ray.tracksto4d.inference import InferenceConfig, predict_clip
 
+    check_output(out or "", {"--npz": npz, "--checkpoint": checkpoint}, "--out")
     uris = [npz] if npz.endswith(".npz") and fs.exists(npz) else fs.list_files(npz, ".npz")
     if not uris:
         raise FileNotFoundError(f"no .npz clip found at {npz!r}")
     torch_device = torch.device(pick_device(device))
     model = load_tracksto4d(checkpoint, config=model_config).to(torch_device)
     config = InferenceConfig(**inference)
-    per_clip = {}
+    per_clip: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
     for uri in uris:
-        tracks = clip_tracks(read_clip(uri))
+        clip_id = npz_stem(uri)
         try:
+            tracks = clip_tracks(read_clip(uri))
+            clip_id = tracks.clip_id
             prediction = predict_clip(model, tracks, config, torch_device)
-            per_clip[tracks.clip_id] = evaluate_prediction(tracks, prediction)
-        except ValueError as e:  # incl. TracksInputError, degenerate trajectories
-            raise StageError(tracks.clip_id, "eval-tracksto4d", str(e)) from e
-    result = {"checkpoint": checkpoint, "clips": per_clip, "summary": summarize(per_clip)}
+            per_clip[clip_id] = evaluate_prediction(tracks, prediction)
+        # one failure row per bad clip (unreadable npz, TracksInputError, a static camera's
+        # undefined Sim(3) alignment...), the others are still scored
+        except (StageError, ValueError, ArithmeticError, OSError) as e:
+            failed[clip_id] = f"{type(e).__name__}: {e}"
+    summary = summarize(per_clip)
+    summary["failed"] = len(failed)
+    result = {"checkpoint": checkpoint, "clips": per_clip, "failed": failed, "summary": summary}
     if out:
         fs.write_bytes(out, json.dumps(result, indent=1).encode())
+    if not per_clip:
+        clip_id, message = next(iter(failed.items()))
+        more = f" (and {len(failed) - 1} more clips failed)" if len(failed) > 1 else ""
+        raise StageError(clip_id, "eval-tracksto4d", message + more)
     return result

@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from s4d_ray.errors import StageError
+from s4d_ray.errors import InputError, StageError
 from s4d_ray.geometry.pose_metrics import Similarity, umeyama
 from s4d_ray.io import fs
 from s4d_ray.io.clip_io import ClipRecord, clip_id_from_uri, npz_stem, read_clip
+from s4d_ray.io.overlap import check_output
 from s4d_ray.io.writer import (
     ClipFailure,
     json_text,
@@ -55,6 +56,24 @@ class InferenceConfig:
     grid: int = 8
     precision: str = "fp32"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Refuse settings `frame_windows`/`select_tracks` cannot use, before any clip is read
+        (a bad value would otherwise become one failure row per clip)."""
+        if self.window < 2:
+            raise InputError(f"window must be at least 2 frames, got {self.window}")
+        if not 0 < self.overlap < self.window:
+            raise InputError(
+                f"overlap must be in [1, window - 1] = [1, {self.window - 1}] frames, "
+                f"got {self.overlap}"
+            )
+        if self.max_tracks < 1:
+            raise InputError(f"max_tracks must be at least 1, got {self.max_tracks}")
+        if self.min_visible < 1 or self.grid < 1:
+            raise InputError(
+                f"min_visible and grid must be at least 1, got {self.min_visible}, {self.grid}"
+            )
+        check_precision(self.precision)
 
 
 @dataclass
@@ -271,6 +290,7 @@ def run_tracksto4d(
     from s4d_ray.models.device import pick_device
     from s4d_ray.models.tracksto4d import load_tracksto4d
 
+    check_output(output, {"--npz": npz, "--checkpoint": checkpoint})
     uris = [npz] if npz.endswith(".npz") and fs.exists(npz) else fs.list_files(npz, ".npz")
     if not uris:
         raise FileNotFoundError(f"no .npz clip found at {npz!r}")

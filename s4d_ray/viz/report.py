@@ -12,6 +12,12 @@ beside the stereo limit. Every plotted number is also in the page as JSON
 
 `write_report(OUTPUT)` is called at the end of every run (`run_pipeline`); `s4d report OUTPUT`
 rebuilds it (`--ground-truth DATA` adds accuracy for synthetic clips with DATA/gt/).
+
+OUTPUT must be an existing folder (the report is written inside it). Every value read is
+checked before it is plotted: a `summary.json`, shard or failures table that cannot be read
+or holds a value of the wrong type is an InputError naming the file (and the clip and column).
+Names from the data are shown as text: `$` never starts matplotlib mathtext, and the JSON
+block escapes `<`, `>` and `&` so no message can close or comment out its <script>.
 """
 
 from __future__ import annotations
@@ -22,12 +28,16 @@ import io
 import json
 import logging
 import math
+import numbers
+import os
 from collections import Counter
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from s4d_ray.errors import InputError
 from s4d_ray.io import fs
 from s4d_ray.io.qa import DEPTH_HISTOGRAM_EDGES_M, QA_COLUMNS, clip_qa
 from s4d_ray.io.writer import FAILURES_DIR, NPZ_DIR, PARQUET_DIR, read_failures, table_to_clips
@@ -47,6 +57,12 @@ STAGE_COLOURS = {
     "optimize": "#d62728",
     "write": "#17becf",
 }
+MAX_SUMMARY_BYTES = 64 << 20
+"""Cap on OUTPUT/summary.json (a run writes a few kB)."""
+REQUIRED_INT_COLUMNS = ("num_tracks",)
+OPTIONAL_INT_COLUMNS = ("num_frames", "tracks_empty", "tracks_tracked")
+UNREADABLE = (pa.ArrowException, OSError, ValueError, KeyError, TypeError, IndexError)
+"""What reading a malformed Parquet file raises (pyarrow, the record decoder)."""
 
 
 def _json_or_empty(text: Any) -> dict[str, Any]:
@@ -57,35 +73,133 @@ def _json_or_empty(text: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _shard_rows(uri: str) -> list[dict[str, Any]]:
+    """The raw rows of one shard (see `read_clip_rows`); pyarrow's errors pass through."""
+    fs.input_size(uri)  # a regular file: a FIFO named *.parquet would block the open
+    filesystem, path = fs.filesystem(uri)
+    with filesystem.open(path, "rb") as f:
+        names = pq.read_schema(f).names
+    wanted = ["name", "stage_timings", "metadata", *QA_COLUMNS]
+    with filesystem.open(path, "rb") as f:
+        if all(c in names for c in wanted):
+            return pq.read_table(f, columns=wanted).to_pylist()
+        # an older shard: recompute the QA figures from the records
+        return [
+            {
+                "name": record.name,
+                "stage_timings": str(record.extras.get("stage_timings", "{}")),
+                "metadata": str(record.extras.get("metadata", "{}")),
+                **clip_qa(record),
+            }
+            for record in table_to_clips(pq.read_table(f))
+        ]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+
+
+def _clean_row(row: dict[str, Any], uri: str) -> dict[str, Any]:
+    """A shard row with every value the report uses checked and typed: ints, floats (None
+    -> NaN), JSON dicts of numbers, the histogram; an InputError naming file, clip, column."""
+    name = row.get("name")
+
+    def bad(column: str, expected: str, value: Any) -> InputError:
+        clip = f"clip {name!r}, " if isinstance(name, str) else ""
+        return InputError(
+            f"{uri}: {clip}column {column!r}: expected {expected}, got {repr(value)[:80]}"
+        )
+
+    if not isinstance(name, str):
+        raise bad("name", "a string", name)
+    clean: dict[str, Any] = {"name": name}
+    for column in QA_COLUMNS:
+        value = row.get(column)
+        if column == "depth_histogram":
+            bins = len(DEPTH_HISTOGRAM_EDGES_M) - 1
+            counts = [] if value is None else list(value)
+            if counts and (
+                len(counts) != bins or not all(_is_number(c) and c >= 0 for c in counts)
+            ):
+                raise bad(column, f"{bins} counts >= 0", value)
+            clean[column] = [int(c) for c in counts]
+        elif column in REQUIRED_INT_COLUMNS or column in OPTIONAL_INT_COLUMNS:
+            if value is None and column in OPTIONAL_INT_COLUMNS:
+                clean[column] = None
+            elif not isinstance(value, numbers.Integral) or isinstance(value, bool | np.bool_):
+                raise bad(column, "an integer", value)
+            else:
+                clean[column] = int(value)
+        elif value is None or _is_number(value):
+            clean[column] = math.nan if value is None else float(value)
+        else:
+            raise bad(column, "a number", value)
+    for column in ("stage_timings", "metadata"):
+        clean[column] = _json_or_empty(row.get(column))
+    for stage, seconds in clean["stage_timings"].items():
+        if not _is_number(seconds):
+            raise bad("stage_timings", f"seconds (a number) for stage {stage!r}", seconds)
+    for key, value in clean["metadata"].items():
+        if key.startswith("tracks_") and not (_is_number(value) and math.isfinite(value)):
+            raise bad("metadata", f"a finite number for {key!r}", value)
+    return clean
+
+
 def read_clip_rows(output: str) -> list[dict[str, Any]]:
     """One dict per clip in OUTPUT's shards: name, the QA columns, `stage_timings` and
-    `metadata` (dicts). Shards written before the QA columns existed are read whole."""
+    `metadata` (dicts). Shards written before the QA columns existed are read whole.
+    A shard that cannot be read, or holds a value of the wrong type, is an InputError
+    naming it."""
     rows = []
     for uri in fs.list_files(fs.join(output, PARQUET_DIR), ".parquet"):
-        filesystem, path = fs.filesystem(uri)
-        with filesystem.open(path, "rb") as f:
-            names = pq.read_schema(f).names
-        wanted = ["name", "stage_timings", "metadata", *QA_COLUMNS]
-        with filesystem.open(path, "rb") as f:
-            if all(c in names for c in wanted):
-                table = pq.read_table(f, columns=wanted)
-                rows += table.to_pylist()
-            else:  # an older shard: recompute the QA figures from the records
-                for record in table_to_clips(pq.read_table(f)):
-                    rows.append(
-                        {
-                            "name": record.name,
-                            "stage_timings": str(record.extras.get("stage_timings", "{}")),
-                            "metadata": str(record.extras.get("metadata", "{}")),
-                            **clip_qa(record),
-                        }
-                    )
-    for row in rows:
-        row["stage_timings"] = _json_or_empty(row.get("stage_timings"))
-        row["metadata"] = _json_or_empty(row.get("metadata"))
-        histogram = row.get("depth_histogram")
-        row["depth_histogram"] = [] if histogram is None else [int(x) for x in histogram]
+        try:
+            shard = _shard_rows(uri)
+        except (InputError, *UNREADABLE) as error:
+            raise InputError(f"{uri}: not a readable Parquet shard: {error}") from None
+        rows += [_clean_row(row, uri) for row in shard]
     return sorted(rows, key=lambda r: r["name"])
+
+
+def read_summary(output: str) -> dict[str, Any]:
+    """OUTPUT/summary.json ({} when absent) without its `config`; an InputError naming the
+    file when it is not a JSON object or its per-stage seconds are not numbers."""
+    uri = fs.join(output, "summary.json")
+    if not fs.exists(uri):
+        return {}
+    try:
+        summary = json.loads(fs.read_bytes(uri, max_bytes=MAX_SUMMARY_BYTES))
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise InputError(f"{uri}: not valid JSON: {error}") from None
+    if not isinstance(summary, dict):
+        raise InputError(f"{uri}: expected a JSON object, got {type(summary).__name__}")
+    summary.pop("config", None)
+    seconds = summary.get("stage_seconds_per_clip", {})
+    if not isinstance(seconds, dict) or not all(_is_number(v) for v in seconds.values()):
+        raise InputError(
+            f"{uri}: 'stage_seconds_per_clip' must map stages to seconds, got {repr(seconds)[:80]}"
+        )
+    return summary
+
+
+def read_all_failures(output: str) -> list[dict[str, str]]:
+    """The failure rows of OUTPUT/failures/ as dicts of strings; an InputError naming the
+    table that cannot be read or holds a value that is not a string."""
+    failures = []
+    for uri in fs.list_files(fs.join(output, FAILURES_DIR), ".parquet"):
+        try:
+            fs.input_size(uri)
+            rows = [f.__dict__ for f in read_failures(uri)]
+        except (InputError, *UNREADABLE) as error:
+            raise InputError(f"{uri}: not a readable failures table: {error}") from None
+        for row in rows:
+            bad = [k for k, v in row.items() if not isinstance(v, str)]
+            if bad:
+                raise InputError(
+                    f"{uri}: failure of clip {repr(row.get('clip_id'))[:80]}: column "
+                    f"{bad[0]!r} is not a string: {repr(row[bad[0]])[:80]}"
+                )
+        failures += rows
+    return failures
 
 
 def filter_fractions(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -166,18 +280,15 @@ def collect_report_data(
     output: str, ground_truth: str = "", accuracy: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Everything the report shows, as plain JSON-able data."""
-    summary_uri = fs.join(output, "summary.json")
-    summary = json.loads(fs.read_bytes(summary_uri)) if fs.exists(summary_uri) else {}
-    summary.pop("config", None)
+    summary = read_summary(output)
     rows = read_clip_rows(output)
-    failures_dir = fs.join(output, FAILURES_DIR)
-    failures = [
-        f.__dict__ for uri in fs.list_files(failures_dir, ".parquet") for f in read_failures(uri)
-    ]
+    failures = read_all_failures(output)
     stages = list(STAGE_COLOURS)
     for row in rows:
         stages += [s for s in row["stage_timings"] if s not in stages]
     if accuracy is None and ground_truth:
+        if not fs.exists(fs.join(ground_truth, "gt")):  # a typo must not drop the section
+            raise InputError(f"--ground-truth {ground_truth!r} has no gt/ folder")
         accuracy = ground_truth_accuracy(output, ground_truth, [r["name"] for r in rows])
     return {
         "output": output,
@@ -199,6 +310,12 @@ def collect_report_data(
 
 
 # --- figures -----------------------------------------------------------------------------
+
+
+def _label(text: Any) -> str:
+    """`text` for a matplotlib label, shown as written: `$` escaped, so a name from the data
+    never starts mathtext (which raises on what it cannot parse)."""
+    return str(text).replace("$", r"\$")
 
 
 def _png(fig) -> str:
@@ -223,7 +340,7 @@ def _per_clip_bars(ax, names: list[str], values: list[float], label: str, fmt: s
     if len(names) <= MAX_BARS:
         x = np.arange(len(names))
         ax.bar(x, [v if v is not None and np.isfinite(v) else 0 for v in values], color="#1f77b4")
-        ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
+        ax.set_xticks(x, [_label(n) for n in names], rotation=60, ha="right", fontsize=7)
         ax.set_ylabel(label)
         for xi, v in zip(x, values, strict=True):
             if v is not None and np.isfinite(v):
@@ -237,7 +354,7 @@ def _per_clip_bars(ax, names: list[str], values: list[float], label: str, fmt: s
 def figure_clips(data: dict[str, Any]) -> str:
     fig, ax = _figure(6, 2.8)
     by_stage = data["failures_by_stage"]
-    labels = ["done", *[f"failed: {s}" for s in by_stage]]
+    labels = ["done", *[_label(f"failed: {s}") for s in by_stage]]
     values = [data["clips_done_total"], *by_stage.values()]
     colours = ["#2ca02c"] + ["#d62728"] * len(by_stage)
     y = np.arange(len(labels))
@@ -272,9 +389,9 @@ def figure_stage_seconds(data: dict[str, Any]) -> str:
     bottom = np.zeros(len(bars))
     for stage in all_stages:
         heights = np.array([float(b[1].get(stage, 0.0)) for b in bars])
-        ax.bar(x, heights, bottom=bottom, label=stage, color=STAGE_COLOURS.get(stage))
+        ax.bar(x, heights, bottom=bottom, label=_label(stage), color=STAGE_COLOURS.get(stage))
         bottom += heights
-    ax.set_xticks(x, [b[0] for b in bars], rotation=60, ha="right", fontsize=7)
+    ax.set_xticks(x, [_label(b[0]) for b in bars], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("seconds")
     ax.legend(fontsize=7, ncol=4, loc="upper left", bbox_to_anchor=(0, 1.25))
     return _png(fig)
@@ -398,7 +515,8 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _safe_json(value: Any) -> str:
-    """JSON for a <script> block: NaN as null, no `</` sequences."""
+    """JSON for a <script> block: NaN as null; `<`, `>`, `&` (and U+2028/9) as \\u escapes,
+    so no string in it can end the block (`</script>`) or open a comment (`<!--`)."""
 
     def clean(v: Any) -> Any:
         if isinstance(v, float) and not math.isfinite(v):
@@ -411,7 +529,10 @@ def _safe_json(value: Any) -> str:
             return clean(v.item())
         return v
 
-    return json.dumps(clean(value), sort_keys=True).replace("</", "<\\/")
+    text = json.dumps(clean(value), sort_keys=True)
+    for char in "<>&\u2028\u2029":
+        text = text.replace(char, f"\\u{ord(char):04x}")
+    return text
 
 
 CSS = """
@@ -571,7 +692,17 @@ def read_report_data(html_text: str) -> dict[str, Any]:
 def write_report(
     output: str, ground_truth: str = "", accuracy: dict[str, Any] | None = None
 ) -> str:
-    """Build OUTPUT/report.html from the run's outputs (atomic write); return its URI."""
+    """Build OUTPUT/report.html from the run's outputs (atomic write); return its URI.
+    OUTPUT must be an existing folder: a mistyped one is an InputError, not an empty report."""
+    if fs.is_local(output):
+        path = fs.filesystem(output)[1]
+        if not os.path.isdir(path):
+            what = "is not a folder" if os.path.exists(path) else "does not exist"
+            raise InputError(f"output folder {output!r} {what}")
+    else:
+        filesystem, path = fs.filesystem(output)
+        if not filesystem.isdir(path):
+            raise InputError(f"output folder {output!r} does not exist (no object under it)")
     text = render_report(collect_report_data(output, ground_truth, accuracy))
     uri = fs.join(output, REPORT_NAME)
     fs.write_bytes(uri, text.encode())

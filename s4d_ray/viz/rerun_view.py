@@ -23,10 +23,15 @@ Tracks are coloured by depth in the current camera (the shared log scale of
 p90 of the camera-free 2D motion > 20 px.
 
 Large clips stay responsive by subsampling (documented in `ViewOptions`): at most
-`max_tracks` tracks (evenly spaced over the track index, deterministic), every `frame_step`-th
-frame, JPEG-compressed images, depth at half resolution in millimetres (uint16).
-Bad or partial input never stops the recording: zero tracks, an npz without extras, or a
-missing or broken frames source are noted (log + `notes` entity + `ViewResult.missing`).
+`max_tracks` tracks (evenly spaced over the track index, deterministic; only those are
+densified, and at most `max_dense_bytes` of them), every `frame_step`-th frame,
+JPEG-compressed images, depth at half resolution in millimetres (uint16).
+Bad or partial input never stops the recording: zero tracks, an npz without extras or with a
+`motion` extra of the wrong shape, or a missing or broken frames source are noted (log +
+`notes` entity + `ViewResult.missing`). What cannot be shown at all (timestamps spanning more
+than Rerun's nanosecond timeline holds, more tracks than `max_dense_bytes`, `out` a folder) is
+an InputError naming the file, raised before anything is written; the .rrd is written under a
+temp name and renamed when complete, so a failed run leaves no partial recording.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from s4d_ray.errors import InputError, ResourceLimitError
 from s4d_ray.geometry.camera import (
     RECTIFIED_HFOV_DEG,
     RECTIFIED_SIZE,
@@ -59,6 +65,15 @@ APPLICATION_ID = "s4d_ray"
 FRAME_TIMELINE = "frame"
 TIME_TIMELINE = "time"
 
+MAX_TIMELINE_US = np.iinfo(np.int64).max // 1000
+"""The longest clip (last - first timestamp, µs) the `time` timeline holds: Rerun keeps
+durations as int64 nanoseconds (~292 years)."""
+
+MAX_VIEW_DENSE_BYTES = 1 << 30
+"""Default cap on the dense [shown tracks, T, 3] float64 array of the tracks shown
+(`ViewOptions.max_dense_bytes`, or $S4D_MAX_VIEW_DENSE_BYTES; or lower `--max-tracks` to
+fit): 1 GiB is 3,000 tracks of ~15,000 frames."""
+
 
 @dataclass(frozen=True)
 class ViewOptions:
@@ -76,10 +91,29 @@ class ViewOptions:
     jpeg_quality: int = 85
     depth_downsample: int = 2
     image_plane_m: float = 0.25
+    max_dense_bytes: int | None = None
 
     def __post_init__(self) -> None:
+        """Refuse values the recording cannot use (a negative trail, a zero step...)."""
         if self.colour not in ("depth", "motion"):
-            raise ValueError(f"colour must be 'depth' or 'motion', got {self.colour!r}")
+            raise InputError(f"colour must be 'depth' or 'motion', got {self.colour!r}")
+        for name, low in (
+            ("max_tracks", 0),
+            ("frame_step", 1),
+            ("trail", 0),
+            ("jpeg_quality", 1),
+            ("depth_downsample", 1),
+            ("max_dense_bytes", 0),
+        ):
+            value = getattr(self, name)
+            if name == "max_dense_bytes" and value is None:
+                continue
+            if not isinstance(value, int | np.integer) or value < low:
+                raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.jpeg_quality > 100:
+            raise InputError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+        if not (np.isfinite(self.image_plane_m) and self.image_plane_m > 0):
+            raise InputError(f"image_plane_m must be a positive number, got {self.image_plane_m}")
 
 
 @dataclass
@@ -126,6 +160,72 @@ def select_tracks(num_tracks: int, max_tracks: int) -> np.ndarray:
     if max_tracks <= 0 or num_tracks <= max_tracks:
         return np.arange(num_tracks)
     return np.unique(np.linspace(0, num_tracks - 1, max_tracks).round().astype(np.int64))
+
+
+def check_timeline(record: ClipRecord, source: str) -> None:
+    """Refuse a clip whose timestamps span more than the `time` timeline holds
+    (MAX_TIMELINE_US); `source` (the npz) is named in the InputError."""
+    stamps = record.timestamps
+    span = int(stamps[-1]) - int(stamps[0]) if len(stamps) else 0
+    if span > MAX_TIMELINE_US or span < 0:
+        raise InputError(
+            f"{source!r}: timestamps span {span} µs, outside [0, {MAX_TIMELINE_US}] µs "
+            "(the ~292 years of Rerun's int64-nanosecond time timeline)"
+        )
+
+
+def check_dense_size(record: ClipRecord, shown: int, max_bytes: int | None, source: str) -> None:
+    """Refuse showing `shown` tracks when their dense [shown,T,3] float64 array is over
+    `max_bytes` (None: MAX_VIEW_DENSE_BYTES or $S4D_MAX_VIEW_DENSE_BYTES), naming `source`
+    and how to fit."""
+    from s4d_ray.limits import env_limit
+
+    if max_bytes is None:
+        max_bytes = env_limit("S4D_MAX_VIEW_DENSE_BYTES", MAX_VIEW_DENSE_BYTES)
+    nbytes = shown * record.num_frames * 3 * 8
+    if nbytes > max_bytes:
+        raise ResourceLimitError(
+            f"{source!r}: showing {shown} tracks x {record.num_frames} frames needs {nbytes} "
+            f"bytes, more than the limit of {max_bytes} (lower --max-tracks, or raise "
+            "S4D_MAX_VIEW_DENSE_BYTES)"
+        )
+
+
+def dense_tracks_of(record: ClipRecord, chosen: np.ndarray) -> np.ndarray:
+    """The NaN-filled [len(chosen),T,3] float64 tracks of the tracks `chosen` (sorted indices),
+    gathered from the sparse fields without densifying the others: the memory is that of
+    the tracks shown, not of the clip."""
+    record._check_tracks()  # lengths, indices and coordinates consistent: no overrun below
+    lengths = np.asarray(record.track_lengths, np.int64)
+    ends = np.cumsum(lengths)
+    picked = lengths[chosen]
+    starts = ends[chosen] - picked
+    total = int(picked.sum())
+    # point p of the k-th chosen track sits at starts[k] + (p - first point of k)
+    offsets = np.cumsum(picked) - picked
+    members = np.repeat(starts - offsets, picked) + np.arange(total)
+    dense = np.full((len(chosen), record.num_frames, 3), np.nan)
+    rows = np.repeat(np.arange(len(chosen)), picked)
+    frames = np.asarray(record.track_indices)[members]
+    dense[rows, frames] = np.asarray(record.track_coordinates)[members]
+    return dense
+
+
+def _motion_of(record: ClipRecord, chosen: np.ndarray, missing: list[str]) -> np.ndarray | None:
+    """The `motion` extra [N,T] px of the tracks `chosen`, or None with a note when it is
+    absent or not a numeric [N,T] array."""
+    if "motion" not in record.extras:
+        missing.append("motion: no `motion` extra (release npz?); coloured by depth")
+        return None
+    motion = np.asarray(record.extras["motion"])
+    want = (record.num_tracks, record.num_frames)
+    if motion.shape != want or motion.dtype.kind not in "fiub":
+        missing.append(
+            f"motion: the `motion` extra is {motion.dtype}{list(motion.shape)}, expected a "
+            f"number per track and frame {list(want)}; coloured by depth"
+        )
+        return None
+    return motion[chosen].astype(np.float32)
 
 
 def _frames_source(
@@ -262,19 +362,19 @@ def log_clip(
         "and their trajectory"
     )
 
+    check_timeline(record, record.name)
     chosen = select_tracks(record.num_tracks, options.max_tracks)
-    dense = record.dense_tracks()[chosen]
+    check_dense_size(record, len(chosen), options.max_dense_bytes, record.name)
+    dense = dense_tracks_of(record, chosen)
     stored = np.isfinite(dense[..., 0])
     result.tracks_shown = len(chosen)
     moving = None
     if record.num_tracks == 0:
         result.missing.append("tracks: the clip has zero tracks")
     elif options.colour == "motion":
-        if "motion" in record.extras:
-            motion = np.asarray(record.extras["motion"], np.float32)[chosen]
+        motion = _motion_of(record, chosen, result.missing)
+        if motion is not None:
             moving = moving_by_image_motion(motion, stored)
-        else:
-            result.missing.append("motion: no `motion` extra (release npz?); coloured by depth")
     if record.num_tracks:
         how = (
             f"moving (red, {int(moving.sum())}) / static (blue)"
@@ -305,7 +405,7 @@ def log_clip(
             static=True,
             recording=rec,
         )
-    times = (record.timestamps - record.timestamps[0]) / 1e6
+    first_us = int(record.timestamps[0])
     for t in range(record.num_frames):
         frame = None
         if frames is not None:
@@ -320,7 +420,8 @@ def log_clip(
         if t % step:
             continue
         rr.set_time(FRAME_TIMELINE, sequence=t, recording=rec)
-        rr.set_time(TIME_TIMELINE, duration=float(times[t]), recording=rec)
+        since = np.timedelta64(int(record.timestamps[t]) - first_us, "us")  # exact, checked
+        rr.set_time(TIME_TIMELINE, duration=since, recording=rec)
         rr.log(
             "world/camera",
             rr.Transform3D(translation=c2w[t, :, 3], mat3x3=c2w[t, :, :3]),
@@ -408,11 +509,20 @@ def write_recording(
 
     Frames come from the dense outputs when they exist (beside the npz, or under the output
     root `dense`), else `rectified`, else `videos`; each missing piece is logged as a warning
-    and listed in `ViewResult.missing` and the `notes`.
+    and listed in `ViewResult.missing` and the `notes`. A clip that cannot be shown, or `out`
+    a folder, is an InputError naming it before anything is written; the recording goes to a
+    temp file renamed to `out` when complete (uploaded in one piece for object stores).
     """
     import rerun as rr
 
+    local = fs.is_local(out)
+    out_path = fs.filesystem(out)[1] if local else out
+    if local and os.path.isdir(out_path):
+        raise InputError(f"--out {out!r} is a folder; give the path of the .rrd file to write")
     record = read_clip(clip)
+    check_timeline(record, clip)
+    shown = len(select_tracks(record.num_tracks, options.max_tracks))
+    check_dense_size(record, shown, options.max_dense_bytes, clip)
     result = ViewResult("", record.name, 0, 0, record.num_tracks)
     result.shown.append(f"npz {clip}")
     frames_iter, depth = load_dense(clip, record.name, dense, result.missing)
@@ -427,22 +537,29 @@ def write_recording(
         if source:
             result.shown.append(f"frames from {source}")
 
-    rec = rr.RecordingStream(APPLICATION_ID, recording_id=record.name)
-    local = fs.is_local(out)
-    target = out if local else tempfile.mkstemp(suffix=".rrd")[1]
     if local:
-        parent = os.path.dirname(os.path.abspath(target))
+        parent = os.path.dirname(os.path.abspath(out_path))
         os.makedirs(parent, exist_ok=True)
-    rec.save(target, default_blueprint=_blueprint())
+        target = os.path.join(parent, fs.temp_name(out_path))
+    else:
+        handle, target = tempfile.mkstemp(suffix=".rrd")
+        os.close(handle)
+    rec = rr.RecordingStream(APPLICATION_ID, recording_id=record.name)
     try:
-        log_clip(rec, record, options, frames_iter, depth, result)
+        rec.save(target, default_blueprint=_blueprint())
+        try:
+            log_clip(rec, record, options, frames_iter, depth, result)
+        finally:
+            rec.flush()
+            rec.disconnect()
+        if local:
+            os.replace(target, out_path)
+        else:
+            with open(target, "rb") as f:
+                fs.write_bytes(out, f.read())
     finally:
-        rec.flush()
-        rec.disconnect()
-    if not local:
-        with open(target, "rb") as f:
-            fs.write_bytes(out, f.read())
-        os.unlink(target)
+        if os.path.exists(target):
+            os.unlink(target)
     result.path = out
     for item in result.missing:
         log.warning("clip %s: %s", record.name, item)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,25 @@ def test_a_video_whose_times_make_no_clip_id_is_a_failure_not_a_crash(odd_videos
     assert (failure.clip_id, failure.stage) == ("far_start", "clips")
     assert "far_start.mp4" in failure.message and "outside [0," in failure.message
     assert os.path.exists(tmp_path / "ownvideo" / "videos" / "far_start.json")  # not redone
+
+
+@pytest.mark.parametrize(
+    ("pts", "previous", "message"),
+    [
+        (-10, None, r"at -333333 µs, outside \[0,"),  # a Matroska start offset of −330 ms
+        (None, None, "no presentation time"),
+        (3, 100000, "not after the previous frame's 100000 µs"),
+    ],
+)
+def test_frame_times_that_no_clip_can_use_are_refused(pts, previous, message):
+    import av
+    import numpy as np
+
+    from s4d_ray.ownvideo.clips import _checked_time
+
+    frame = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
+    frame.pts = pts
+    with pytest.raises(ValueError, match=message):
+        _checked_time(frame, Fraction(1, 30), previous, "'v.mp4': frame 0")
+    frame.pts = 30
+    assert _checked_time(frame, Fraction(1, 30), None, "'v.mp4': frame 0") == 1_000_000

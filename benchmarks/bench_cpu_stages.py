@@ -1,4 +1,4 @@
-"""Lift and optimiser seconds per 200-frame clip, before/after issue 15, side by side.
+"""Lift and optimiser seconds per 200-frame clip, before/after the tracking-cost work, side by side.
 
 Lift: `lift_tracks` + motion displacement on a synthetic 200-frame 512x512 clip (random-walk
 tracks over a depth map with invalid regions, a turning and walking camera), the numpy motion
@@ -11,7 +11,7 @@ of the clip and last a quarter to all of it, with random gaps). Each side runs i
 process, as a job's reducer would, and optimises the clip twice: the first clip (import,
 compile or cache load, optimise) and a later clip (optimise only):
   before = `s4d_ray/track/optimize.py` as it was at `--baseline` (default: the last commit
-           before issue 15), read from git history: every track padded to the clip, gradient
+           before the tracking-cost work), read from git history: every track padded to the clip, gradient
            by jax.grad, no persistent compilation cache;
   after  = this checkout (tracks cropped to their spans, hand-written gradient, concatenate-
            free shifts) with a warm persistent compilation cache (one earlier process filled
@@ -97,7 +97,7 @@ def bench_lift(num_tracks: int, num_frames: int, repeats: int, revision: str) ->
 
 
 BASELINE_REVISION = "64d943e"
-"""The last commit before issue 15: its `s4d_ray/track/lift.py` and `optimize.py` are the
+"""The last commit before the tracking-cost work: its `s4d_ray/track/lift.py` and `optimize.py` are the
 before of motion displacement and of the optimiser."""
 
 
@@ -218,7 +218,7 @@ def main() -> None:
         "--baseline",
         default=BASELINE_REVISION,
         help="git revision whose motion displacement and optimiser are the before "
-        "(default: before issue 15)",
+        "(default: before the tracking-cost work)",
     )
     args = parser.parse_args()
     if args.worker:

@@ -1,4 +1,4 @@
-"""Tracking work per clip, and BootsTAP refinement speed: before/after issue 15, side by side.
+"""Tracking work per clip, and BootsTAP refinement speed: before/after the tracking-cost work, side by side.
 
 1. Query·frames tracked per clip with and without skipping queries on sky at their query frame
    (labels ship from segmentation, which now runs before tracking), on ray-traced synthetic

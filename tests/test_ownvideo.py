@@ -114,23 +114,36 @@ def test_equirect_pixels_round_trip_to_rays() -> None:
     np.testing.assert_allclose(rays[1], [-1, 0, 0], atol=1e-3)
 
 
-def test_bundle_adjustment_recovers_a_noise_free_stereo_trajectory() -> None:
-    rng = np.random.default_rng(3)
+def stereo_scene(rng: np.random.Generator, frames: int, num_points: int, low, high) -> dict:
+    """A small forward camera motion [T] (frame 0 at the origin) over static points [P,3]
+    drawn in the box [low, high] m, each seen in every frame: exact left and right pixels."""
     k = intrinsics(512, 512, 60.0)
-    frames, num_points = 6, 150
     rot = Rotation.from_rotvec(np.cumsum(rng.normal(0, 0.01, (frames, 3)), 0)).as_matrix()
     rot[0] = np.eye(3)
     centres = np.cumsum(
         np.vstack([np.zeros(3), rng.normal([0, 0, 0.05], 0.01, (frames - 1, 3))]), 0
     )
     trans = -np.einsum("tij,tj->ti", rot, centres)
-    points = rng.uniform([-4, -2, 3], [4, 2, 12], (num_points, 3))
+    points = rng.uniform(low, high, (num_points, 3))
     obs_point = np.repeat(np.arange(num_points), frames)
     obs_frame = np.tile(np.arange(frames), num_points)
     cam = np.einsum("mij,mj->mi", rot[obs_frame], points[obs_point]) + trans[obs_frame]
-    left = cam[:, :2] / cam[:, 2:] * k[0, 0] + k[:2, 2]
     right_cam = cam - [0.063, 0, 0]
-    right = right_cam[:, :2] / right_cam[:, 2:] * k[0, 0] + k[:2, 2]
+    return {
+        "k": k, "rot": rot, "trans": trans, "points": points,
+        "obs_point": obs_point, "obs_frame": obs_frame,
+        "left": cam[:, :2] / cam[:, 2:] * k[0, 0] + k[:2, 2],
+        "right": right_cam[:, :2] / right_cam[:, 2:] * k[0, 0] + k[:2, 2],
+    }  # fmt: skip
+
+
+def test_bundle_adjustment_recovers_a_noise_free_stereo_trajectory() -> None:
+    rng = np.random.default_rng(3)
+    frames, num_points = 6, 150
+    scene = stereo_scene(rng, frames, num_points, [-4, -2, 3], [4, 2, 12])
+    k, rot, trans, points = scene["k"], scene["rot"], scene["trans"], scene["points"]
+    obs_point, obs_frame = scene["obs_point"], scene["obs_frame"]
+    left, right = scene["left"], scene["right"]
     config = PoseConfig()
     problem = BundleProblem(obs_point, obs_frame, left, right, k, config, frames, num_points)
     start = BundleState(
@@ -150,24 +163,14 @@ def noisy_stereo_tracks(seed: int, frames: int, num_points: int, noise_px: tuple
     """SparseTracks of static points seen in every frame of a small forward motion, each
     point's pixels perturbed with its own noise level (graded over `noise_px`); and K."""
     rng = np.random.default_rng(seed)
-    k = intrinsics(512, 512, 60.0)
-    rot = Rotation.from_rotvec(np.cumsum(rng.normal(0, 0.01, (frames, 3)), 0)).as_matrix()
-    rot[0] = np.eye(3)
-    steps = rng.normal([0, 0, 0.05], 0.01, (frames - 1, 3))
-    centres = np.cumsum(np.vstack([np.zeros(3), steps]), 0)
-    trans = -np.einsum("tij,tj->ti", rot, centres)
-    points = rng.uniform([-3, -2, 2], [3, 2, 6], (num_points, 3))
+    scene = stereo_scene(rng, frames, num_points, [-3, -2, 2], [3, 2, 6])
+    obs_point, left, right = scene["obs_point"], scene["left"], scene["right"]
     sigma = np.linspace(*noise_px, num_points)
-    obs_point = np.repeat(np.arange(num_points), frames)
-    obs_frame = np.tile(np.arange(frames), num_points)
-    cam = np.einsum("mij,mj->mi", rot[obs_frame], points[obs_point]) + trans[obs_frame]
-    left = cam[:, :2] / cam[:, 2:] * k[0, 0] + k[:2, 2]
-    right_cam = cam - [0.063, 0, 0]
-    right = right_cam[:, :2] / right_cam[:, 2:] * k[0, 0] + k[:2, 2]
     left += rng.normal(0, 1, left.shape) * sigma[obs_point, None]
     right[:, 0] += rng.normal(0, 0.1, len(right)) * sigma[obs_point]
     right[:, 1] = left[:, 1]
-    return SparseTracks(obs_point, obs_frame, left, right, num_points), k
+    k = scene["k"]
+    return SparseTracks(obs_point, scene["obs_frame"], left, right, num_points), k
 
 
 def test_points_pruned_in_the_last_round_leave_consistent_figures() -> None:

@@ -36,7 +36,6 @@ from s4d_ray.geometry.rectify import find_rectified_videos, iter_rectified
 from s4d_ray.io import fs
 from s4d_ray.io.clip_io import ClipRecord, npz_stem, read_clip
 from s4d_ray.io.dense import dense_file, output_root_of_npz, read_dense
-from s4d_ray.io.ids import validate_video_id
 from s4d_ray.io.video import decode_first_frames
 from s4d_ray.io.video_lookup import find_video
 from s4d_ray.track.moving import moving_by_extent
@@ -248,7 +247,7 @@ def read_left_frames(
             )
         return frames[: record.num_frames]
     if videos_uri:
-        video = find_video(videos_uri, validate_video_id(record.video_id), record.name, "samples")
+        video = find_video(videos_uri, record.video_id, record.name, "samples")
         return np.stack([left for left, _ in iter_rectified(record, video)])
     if not rectified_uri:
         raise ValueError("give a raw video folder or a rectified video folder")

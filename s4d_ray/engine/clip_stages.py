@@ -41,7 +41,7 @@ from s4d_ray.geometry.rectify import RectifiedVideoIndex, rectify_clip
 from s4d_ray.io import fs
 from s4d_ray.io.clip_io import MAX_NPZ_BYTES, npz_stem, read_clip
 from s4d_ray.io.dense import camera_json, depth_shape, encode_depth, encode_frames, write_dense
-from s4d_ray.io.ids import validate_clip_id, validate_video_id
+from s4d_ray.io.ids import validate_clip_id
 from s4d_ray.io.video import decode_first_frames
 from s4d_ray.io.video_lookup import find_video
 from s4d_ray.io.writer import build_clip_record, write_clip_npz, write_parquet_shard
@@ -223,8 +223,7 @@ def decode_and_rectify(row: Row, max_npz_bytes: int = MAX_NPZ_BYTES, dense: bool
     if record.name != clip_id:
         raise ValueError(f"clip {clip_id!r}: npz names itself {record.name!r}")
     if row["videos_root"]:
-        video_id = validate_video_id(record.video_id)
-        video_uri = find_video(row["videos_root"], video_id, clip_id, "decode")
+        video_uri = find_video(row["videos_root"], record.video_id, clip_id, "decode")
         left, right = rectify_clip(record, video_uri)
     else:
         left, right = (

@@ -108,7 +108,7 @@ class PipelineConfig:
     (`s4d_ray.io.dense`); without it those arrays die as soon as consumed."""
     max_npz_bytes: int = 1 << 30
     """Cap on one input npz: its file size and the uncompressed bytes of the release members
-    read (checked from the zip and array headers before decompressing; issue 10)."""
+    read (checked from the zip and array headers before decompressing)."""
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

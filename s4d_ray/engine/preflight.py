@@ -1,4 +1,4 @@
-"""Checks the driver makes before any clip is computed (issue 10): fail in seconds, not after
+"""Checks the driver makes before any clip is computed: fail in seconds, not after
 hours, with the path or the stage named.
 
 - `check_paths`: the output folder must not be, contain or lie inside an input folder

@@ -27,7 +27,7 @@ from s4d_ray.geometry.camera import (
 )
 from s4d_ray.io import fs
 from s4d_ray.io.clip_io import ClipRecord, read_clip
-from s4d_ray.io.ids import validate_clip_id, validate_video_id
+from s4d_ray.io.ids import validate_clip_id
 from s4d_ray.io.overlap import check_output
 from s4d_ray.io.video import decode_frames_at, probe_video, write_video
 from s4d_ray.io.video_lookup import find_video
@@ -231,7 +231,7 @@ def rectify_to_files(
         output_folder, {"--npz_folder": npz_folder, "--raw_video_folder": raw_video_folder}
     )
     record = read_clip(fs.join(npz_folder, f"{clip_id}.npz"), extras=())
-    video_uri = find_video(raw_video_folder, validate_video_id(record.video_id), clip_id, "rectify")
+    video_uri = find_video(raw_video_folder, record.video_id, clip_id, "rectify")
     left, right = rectify_clip(record, video_uri, hfov_deg=output_hfov)
     left_uri, right_uri = rectified_video_uris(output_folder, clip_id)
     write_video(left_uri, left, fps=fps)

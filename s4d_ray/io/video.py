@@ -177,16 +177,14 @@ def decode_first_frames(
     """
     label = clip_id or uri
     frames = []
-    try:
-        with _open(uri) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
+    with open_video_stream(uri, label, stage) as (container, stream):
+        try:
             for frame in container.decode(stream):
                 frames.append(frame.to_ndarray(format="rgb24"))
                 if len(frames) == count:
                     return np.stack(frames)
-    except (av.FFmpegError, IndexError, OSError) as e:
-        raise VideoError(label, stage, f"cannot decode video {uri!r}: {e}") from e
+        except av.FFmpegError as e:
+            raise VideoError(label, stage, f"cannot decode video {uri!r}: {e}") from e
     raise VideoError(label, stage, f"{uri!r} has {len(frames)} frames, the clip needs {count}")
 
 

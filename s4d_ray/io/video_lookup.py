@@ -18,7 +18,7 @@ import re
 
 from s4d_ray.errors import InputError, VideoError
 from s4d_ray.io import fs
-from s4d_ray.io.ids import VIDEO_ID_RE
+from s4d_ray.io.ids import VIDEO_ID_RE, validate_video_id
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm")
 """Containers read as raw videos (compared in lower case)."""
@@ -77,9 +77,10 @@ def list_videos(folder: str) -> tuple[dict[str, str], list[DuplicateVideoError]]
 def find_video(folder: str, video_id: str, label: str = "", stage: str = "decode") -> str:
     """The URI of the raw video of `video_id` in `folder`: the release's own name
     `<video_id>.mp4` when it exists (one existence check per clip, not a listing of a
-    folder of thousands of videos), else found by listing the folder. VideoError naming the id and the
+    folder of thousands of videos), else found by listing the folder. The id is validated
+    before it becomes part of a path (UnsafeIdError). VideoError naming the id and the
     folder (or both files of a duplicate) when there is none or more than one."""
-    direct = fs.join(folder, f"{video_id}.mp4")
+    direct = fs.join(folder, f"{validate_video_id(video_id)}.mp4")
     if fs.exists(direct):
         return direct
     videos, duplicates = list_videos(folder)

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from s4d_ray.errors import InputError, ResourceLimitError
+from s4d_ray.errors import InputError, ResourceLimitError, VideoError
 from s4d_ray.geometry.camera import (
     RECTIFIED_HFOV_DEG,
     RECTIFIED_SIZE,
@@ -56,6 +56,8 @@ from s4d_ray.geometry.camera import (
 )
 from s4d_ray.io import fs
 from s4d_ray.io.clip_io import ClipRecord, read_clip
+from s4d_ray.io.ids import UnsafeIdError
+from s4d_ray.io.video_lookup import find_video
 from s4d_ray.track.moving import moving_by_image_motion
 from s4d_ray.viz.colours import MOVING_RGB, STATIC_RGB, depth_colours
 
@@ -244,9 +246,11 @@ def _frames_source(
             decode_first_frames(left_uri, record.num_frames, record.name, "view")
         )
     if videos:
-        video_uri = fs.join(videos, f"{record.video_id}.mp4")
-        if not fs.exists(video_uri):
-            missing.append(f"frames: no raw video {video_uri} (showing cameras and tracks)")
+        try:
+            video_uri = find_video(videos, record.video_id, record.name, "view")
+        except (VideoError, UnsafeIdError) as error:
+            reason = getattr(error, "message", str(error))
+            missing.append(f"frames: {reason} (showing cameras and tracks)")
             return "", None
         return f"raw VR180 video {video_uri}, rectified here", (
             left for left, _ in iter_rectified(record, video_uri)

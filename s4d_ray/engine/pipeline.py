@@ -290,13 +290,16 @@ def run_pipeline(
     Before anything runs: the output must not overlap an input and must be writable
     (OutputPathError), and no other live run may hold its lease (OutputBusyError; one run
     per output keeps every clip exactly once). Temp files of writers killed mid-write are
-    removed under the lease.
+    removed under the lease, before the run and after it (a writer on a node lost mid-job
+    leaves its temp file behind; its clip was written again elsewhere).
     """
     check_paths(output, {"--npz": npz, "--videos": videos, "--rectified": rectified})
     prepare_output(output)
     with OutputLease.acquire(output):
         remove_stale_temp_files(output)
-        return _run_pipeline(npz, output, config, videos, rectified, limit, own_videos)
+        summary = _run_pipeline(npz, output, config, videos, rectified, limit, own_videos)
+        remove_stale_temp_files(output)
+        return summary
 
 
 def _run_pipeline(

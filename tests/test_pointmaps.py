@@ -41,7 +41,13 @@ from s4d_ray.io.writer import (
     write_parquet_shard,
 )
 from s4d_ray.pointmaps.evaluate import evaluate_pointmaps
-from s4d_ray.pointmaps.export import ExportConfig, clip_windows, npy_bytes, window_starts
+from s4d_ray.pointmaps.export import (
+    MIN_VALID_BY_BACKEND,
+    ExportConfig,
+    clip_windows,
+    npy_bytes,
+    window_starts,
+)
 from s4d_ray.pointmaps.geometry import (
     depth_in_cameras,
     depth_to_pointmaps,
@@ -314,6 +320,14 @@ def test_exported_windows_match_ground_truth_depth_and_poses(dense_run, synth_di
     assert none == [] and short["too_short"]
     none, strict = clip_windows(str(output), clip_id, ExportConfig(frames=5, min_valid=0.99))
     assert none == [] and len(strict["dropped_low_valid"]) == 2
+    # the default threshold is the clip's stereo backend's: the CPU path's windows are kept
+    kept, by_backend = clip_windows(str(output), clip_id, ExportConfig(frames=9))
+    assert by_backend["min_valid"] == MIN_VALID_BY_BACKEND["cpu"]
+    assert [s["__key__"] for s in kept] == [f"{clip_id}_000000"], by_backend["dropped_low_valid"]
+    neural = {"models": {"stereo": {"backend": "neural"}}}
+    assert ExportConfig().min_valid_for(neural) == MIN_VALID_BY_BACKEND["neural"] == 0.7
+    assert ExportConfig().min_valid_for({}) == 0.7  # unknown backend: the strict figure
+    assert ExportConfig(min_valid=0.2).min_valid_for(neural) == 0.2
 
 
 # --- the Ray Data export job ---------------------------------------------------------------

@@ -33,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-valid",
         type=float_range(0.0, 1.0),
-        default=0.7,
-        help="drop windows with less valid depth than this",
+        default=None,
+        help="drop windows with less valid depth than this (default: by the clip's stereo "
+        "backend, 0.7 neural, 0.25 cpu)",
     )
     parser.add_argument(
         "--limit", type=int_range(1), default=None, help="export at most N new clips"

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test test-fast lint format bench clean
+.PHONY: demo test test-all test-fast lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +19,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m s4d_ray.synthetic.demo --out $(DEMO_OUT)
 
+# CI's suite: ruff, then every case not marked slow plus the one end-to-end job (marked e2e)
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -m "not slow or e2e"
+
+test-all: $(STAMP)  # everything, the slow Ray-cluster, node-loss, autoscaling and training cases too
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
-test-fast: $(STAMP)  # the suite less the cases marked slow (whole-pipeline, Ray-job, training runs)
+test-fast: $(STAMP)  # no slow case at all, no ruff: the quick loop while editing
 	$(BIN)/pytest -m "not slow"
 
 lint: $(STAMP)

@@ -33,6 +33,11 @@ does not show).
                                               # one GPU (estimate: not yet run on one)
     python -m benchmarks.bench_gpu --tiny     # anywhere (CPU): tiny configs, ~4 min on 2 cores
     python -m benchmarks.bench_gpu --skip-pipeline --models sea_raft,deeplab
+    python -m benchmarks.bench_gpu --plan     # what it would measure, at which sizes; no run
+    python -m benchmarks.bench_gpu --json-out rows.jsonl   # also each result as a JSON line
+
+Measuring the models needs torch, numpy, OpenCV and safetensors, not Ray or PyAV (the pipeline
+does). `benchmarks/gpu_check.sh` runs this with the optimiser benchmark as one GPU check.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import argparse
 import dataclasses
 import gc
 import json
+import math
 import os
 import tempfile
 import threading
@@ -205,8 +211,15 @@ def timed(device: str, call: Callable[[], object], iterations: int) -> float:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def write_checkpoints(folder: Path, shapes: Shapes) -> dict[str, str]:
-    """Random-weight checkpoints of the three engine models, in the formats the engine loads."""
+CHECKPOINT_STAGES = {"sea_raft": "stereo", "bootstap": "tracking", "deeplab": "segmentation"}
+"""The bench models that load an engine checkpoint, and the stage whose checkpoint it is."""
+
+
+def write_checkpoints(
+    folder: Path, shapes: Shapes, stages: tuple[str, ...] = MODEL_STAGES
+) -> dict[str, str]:
+    """Random-weight checkpoints of the engine models of `stages` (default all three), in the
+    official formats the engine loads."""
     import torch
     from safetensors.torch import save_model
 
@@ -215,17 +228,20 @@ def write_checkpoints(folder: Path, shapes: Shapes) -> dict[str, str]:
     from s4d_ray.models.tapir import TAPIR
 
     torch.manual_seed(0)
-    config = SEARAFTConfig.from_dict(shapes.sea_raft) if shapes.sea_raft else SPRING_M_CONFIG
     paths = {
         "stereo": str(folder / "sea_raft.safetensors"),
         "tracking": str(folder / "bootstapir_checkpoint_v2.pt"),
         "segmentation": str(folder / "deeplab_xception65_ade20k.safetensors"),
     }
-    save_model(SEARAFT(config), paths["stereo"])
-    torch.save(TAPIR().state_dict(), paths["tracking"])
-    model = deeplab.DeepLabV3Plus(deeplab.DeepLabConfig())
-    deeplab.save_converted(model.state_dict(), model.config, paths["segmentation"])
-    return paths
+    if "stereo" in stages:
+        config = SEARAFTConfig.from_dict(shapes.sea_raft) if shapes.sea_raft else SPRING_M_CONFIG
+        save_model(SEARAFT(config), paths["stereo"])
+    if "tracking" in stages:
+        torch.save(TAPIR().state_dict(), paths["tracking"])
+    if "segmentation" in stages:
+        model = deeplab.DeepLabV3Plus(deeplab.DeepLabConfig())
+        deeplab.save_converted(model.state_dict(), model.config, paths["segmentation"])
+    return {stage: path for stage, path in paths.items() if stage in stages}
 
 
 # --------------------------------------------------------------------------- the models
@@ -424,6 +440,24 @@ def in_process_run(summaries: list[dict[str, Any]], wall: float) -> PipelineRun:
     return PipelineRun("in-process", len(done), len(failed), by_stage, per_clip, wall)
 
 
+def pipeline_cpus(config: Any) -> int:
+    """Logical CPUs the pipeline needs at once on a Ray cluster without an autoscaler: every
+    actor pool at its minimum size plus one task of the hungriest task stage (the engine's
+    preflight rule). A small machine's local Ray gets at least that many, as
+    cluster/local_head.sh gives more logical CPUs than cores."""
+    from s4d_ray.engine.stage_list import STAGES, is_pool
+
+    pools = sum(
+        config.stages[spec.name].min_actors * config.stages[spec.name].num_cpus
+        for spec in STAGES
+        if is_pool(spec)
+    )
+    task = max(
+        (config.stages[spec.name].num_cpus for spec in STAGES if not is_pool(spec)), default=0
+    )
+    return math.ceil(pools + task)
+
+
 def bench_pipeline(
     device: str, precision: str, shapes: Shapes, weights: dict[str, str], root: str, runner: str
 ) -> PipelineRun:
@@ -479,7 +513,7 @@ def bench_pipeline(
         return in_process_run(summaries, time.perf_counter() - start)
     import ray
 
-    ray.init(num_cpus=max(os.cpu_count() or 1, 4), include_dashboard=False)
+    ray.init(num_cpus=max(os.cpu_count() or 1, pipeline_cpus(config)), include_dashboard=False)
     try:
         run_pipeline(npz, os.path.join(root, "warmup"), config, videos=raw, limit=1)
         start = time.perf_counter()
@@ -542,6 +576,51 @@ def pipeline_report(run: PipelineRun, shapes: Shapes, precision: str) -> list[st
     return lines
 
 
+def describe(name: str, shapes: Shapes) -> str:
+    """What one model row measures at `shapes` (for --plan)."""
+    queries = len(np.arange(shapes.query_stride / 2, shapes.size, shapes.query_stride)) ** 2
+    return {
+        "sea_raft": f"{2 * shapes.frames} pairs {shapes.size}² at half res, "
+        + ("a tiny config" if shapes.sea_raft else "spring-M"),
+        "bootstap": f"{queries} queries x {shapes.frames} frames at {shapes.tapir_resolution}²",
+        "deeplab": f"{shapes.frames} frames at {shapes.deeplab_input}², Xception-65",
+        "dynadust3r": f"{shapes.dust3r_pairs} pairs {shapes.dust3r_size}², "
+        + ("a tiny config" if shapes.dust3r else "ViT-L/16 encoder, ViT-B decoder, DPT heads"),
+        "tracksto4d": f"{shapes.t4d_tracks} tracks x {shapes.t4d_frames} frames, "
+        + ("a tiny config" if shapes.t4d else "the official sizes"),
+    }[name]
+
+
+def plan(
+    models: list[str], precisions: list[str], shapes: Shapes, pipeline: str | None, precision: str
+) -> list[str]:
+    """One line per measurement: what --plan prints instead of measuring."""
+    lines = [
+        f"{name:<11} {','.join(precisions):<10} {describe(name, shapes)}; 1 warm-up call, "
+        f"{shapes.iterations} timed"
+        for name in models
+    ]
+    if pipeline:
+        lines.append(
+            f"{'pipeline':<11} {precision:<10} {pipeline} runner: {shapes.clips} synthetic clips x "
+            f"{shapes.clip_frames} frames ({shapes.clip_height} px eye height) after a warm-up clip"
+        )
+    return lines
+
+
+class JsonLines:
+    """Append one JSON object per line to a file as results come (None: nowhere), so that a
+    run killed by a time limit keeps the rows measured before."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny configs and inputs (CPU check)")
@@ -556,16 +635,28 @@ def main() -> None:
         choices=["ray", "in-process"],
         help="pipeline runner (default: ray on a GPU, in-process with --tiny)",
     )
+    parser.add_argument("--json-out", help="append each result to this file as a JSON line")
+    parser.add_argument("--plan", action="store_true", help="print what would run, run nothing")
     args = parser.parse_args()
+
+    shapes = TINY_SHAPES if args.tiny else GPU_SHAPES
+    if args.clips:
+        shapes = dataclasses.replace(shapes, clips=args.clips)
+    models = [name for name in args.models.split(",") if name]
+    for name in models:
+        if name not in BENCHES:
+            parser.error(f"unknown model {name!r}; models: {', '.join(MODELS)}")
+    precisions = args.precisions.split(",")
+    runner = None if args.skip_pipeline else args.runner or ("in-process" if args.tiny else "ray")
+    if args.plan:
+        print("\n".join(plan(models, precisions, shapes, runner, args.pipeline_precision)))
+        return
 
     import torch
 
     from s4d_ray.models.device import pick_device
 
     device = pick_device(args.device)
-    shapes = TINY_SHAPES if args.tiny else GPU_SHAPES
-    if args.clips:
-        shapes = dataclasses.replace(shapes, clips=args.clips)
     if device == "cpu" and not args.tiny:
         parser.error("no GPU visible: pipeline shapes on CPU take hours; use --tiny")
     if device == "cuda":
@@ -573,27 +664,43 @@ def main() -> None:
         device_name = f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
     else:
         device_name = f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    out = JsonLines(args.json_out)
+    out.write({"kind": "device", "device": device, "name": device_name, "tiny": args.tiny})
     start = time.perf_counter()
     rows: list[Row] = []
     pipeline_lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="s4d-bench-gpu-") as tmp:
         root = Path(tmp)
-        weights = write_checkpoints(root, shapes)
-        for name in filter(None, args.models.split(",")):
-            if name not in BENCHES:
-                parser.error(f"unknown model {name!r}; models: {', '.join(MODELS)}")
-            for precision in args.precisions.split(","):
+        stages = (
+            MODEL_STAGES
+            if runner
+            else tuple(CHECKPOINT_STAGES[m] for m in models if m in CHECKPOINT_STAGES)
+        )
+        weights = write_checkpoints(root, shapes, stages)
+        for name in models:
+            for precision in precisions:
                 rows.append(bench_model(name, device, precision, shapes, weights))
                 print(json.dumps(dataclasses.asdict(rows[-1])), flush=True)
-        if not args.skip_pipeline:
+                out.write({"kind": "model", **dataclasses.asdict(rows[-1])})
+        if runner:
             try:
-                runner = args.runner or ("in-process" if args.tiny else "ray")
                 run = bench_pipeline(
                     device, args.pipeline_precision, shapes, weights, str(root / "pipeline"), runner
                 )
                 pipeline_lines = pipeline_report(run, shapes, args.pipeline_precision)
+                out.write(
+                    {
+                        "kind": "pipeline",
+                        "precision": args.pipeline_precision,
+                        "clips": shapes.clips,
+                        "clip_frames": shapes.clip_frames,
+                        **dataclasses.asdict(run),
+                    }
+                )
             except Exception as error:
-                pipeline_lines = [f"pipeline FAILED {type(error).__name__}: {str(error)[:300]}"]
+                message = f"{type(error).__name__}: {str(error)[:300]}"
+                pipeline_lines = [f"pipeline FAILED {message}"]
+                out.write({"kind": "pipeline", "error": message})
     print_table(device_name, rows, pipeline_lines)
     print(f"total {time.perf_counter() - start:.0f} s")
 

@@ -8,6 +8,9 @@ the two optimisers' outputs.
     python -m benchmarks.bench_optimize                  # 4,000 x 128 side by side + 25,000 x 200
     python -m benchmarks.bench_optimize --quick          # 1,000 x 64 side by side + 5,000 x 200
     python -m benchmarks.bench_optimize --tracks 2000 --frames 100 --skip-full
+    python -m benchmarks.bench_optimize --json-out results.jsonl   # also one JSON line a result
+
+JAX runs on its default backend (a GPU when jax has one); each result names it.
 """
 
 from __future__ import annotations
@@ -73,10 +76,33 @@ def _worker(implementation: str, num_tracks: int, num_frames: int, output: str |
     if output:
         np.save(output, np.where(mask[..., None], optimized, np.nan))
     peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_rss_gib": peak_rss_gib}))
+    import jax
+
+    figures = {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "peak_rss_gib": peak_rss_gib,
+        "backend": jax.default_backend(),
+        "devices": [str(device) for device in jax.devices()],
+        "jax": jax.__version__,
+    }
+    print(json.dumps(figures))
 
 
-def _measure(implementation: str, num_tracks: int, num_frames: int, output: str | None) -> dict:
+def _append(path: str | None, record: dict) -> None:
+    """One JSON line per result in `path` (None: nowhere), written as each result comes."""
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _measure(
+    implementation: str,
+    num_tracks: int,
+    num_frames: int,
+    output: str | None,
+    json_out: str | None = None,
+) -> dict:
     command = [
         sys.executable,
         "-m",
@@ -100,8 +126,18 @@ def _measure(implementation: str, num_tracks: int, num_frames: int, output: str 
     print(
         f"{label}: {figures['wall_s']:8.2f} s wall  {figures['cpu_s']:8.2f} s cpu  "
         f"peak RSS {figures['peak_rss_gib']:.2f} GiB  load {load_before:.1f} -> "
-        f"{figures['load'][1]:.1f}",
+        f"{figures['load'][1]:.1f}  JAX {figures['backend']}",
         flush=True,
+    )
+    _append(
+        json_out,
+        {
+            "kind": "run",
+            "implementation": implementation,
+            "tracks": num_tracks,
+            "frames": num_frames,
+        }
+        | figures,
     )
     return figures
 
@@ -117,6 +153,7 @@ def main() -> None:
     parser.add_argument("--skip-full", action="store_true", help="no full-clip run")
     parser.add_argument("--worker", choices=["reference", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
+    parser.add_argument("--json-out", help="append each result to this file as a JSON line")
     args = parser.parse_args()
     num_tracks = args.tracks or (1000 if args.quick else 4000)
     num_frames = args.frames or (64 if args.quick else 128)
@@ -128,21 +165,31 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         ours_path = str(Path(scratch) / "ours.npy")
         reference_path = str(Path(scratch) / "reference.npy")
-        ours = _measure("ours", num_tracks, num_frames, ours_path)
+        ours = _measure("ours", num_tracks, num_frames, ours_path, args.json_out)
         if not args.skip_reference:
-            reference = _measure("reference", num_tracks, num_frames, reference_path)
+            reference = _measure("reference", num_tracks, num_frames, reference_path, args.json_out)
             difference = np.abs(np.load(ours_path) - np.load(reference_path))
+            comparison = {
+                "kind": "comparison",
+                "tracks": num_tracks,
+                "frames": num_frames,
+                "speedup_wall": reference["wall_s"] / ours["wall_s"],
+                "speedup_cpu": reference["cpu_s"] / ours["cpu_s"],
+                "max_diff_m": float(np.nanmax(difference)),
+                "median_diff_m": float(np.nanmedian(difference)),
+            }
             print(
-                f"speed-up (reference / ours): {reference['wall_s'] / ours['wall_s']:.1f}x wall, "
-                f"{reference['cpu_s'] / ours['cpu_s']:.1f}x cpu"
+                f"speed-up (reference / ours): {comparison['speedup_wall']:.1f}x wall, "
+                f"{comparison['speedup_cpu']:.1f}x cpu"
             )
             print(
-                f"|ours - reference| over mask frames: max {np.nanmax(difference):.2e} m, "
-                f"median {np.nanmedian(difference):.2e} m"
+                f"|ours - reference| over mask frames: max {comparison['max_diff_m']:.2e} m, "
+                f"median {comparison['median_diff_m']:.2e} m"
             )
+            _append(args.json_out, comparison)
     if not args.skip_full:
         full_tracks = args.full_tracks or (5000 if args.quick else 25000)
-        _measure("ours", full_tracks, args.full_frames, None)
+        _measure("ours", full_tracks, args.full_frames, None, args.json_out)
 
 
 if __name__ == "__main__":

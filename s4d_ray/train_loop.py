@@ -5,6 +5,8 @@
   the newest `keep` checkpoints; resume from latest.json or a fresh start.
 - The worker loop: resume, stream batches from the 'train' shard, step, report windowed means
   (+ `step`, `start_step`, `samples_per_s`), rank 0 checkpoints every N steps and at the end.
+- Data parallelism: DDP over the workers (`distribute`), and the per-sample loss reductions
+  (`sample_sums`, `sample_mean`) that make W workers × batch b step like one worker × W·b.
 - The TorchTrainer set-up (ray.init choice, ScalingConfig/RunConfig/FailureConfig).
 - The settings and command-line flags every training job has.
 
@@ -112,6 +114,40 @@ def optimizer_step(
     return {"loss": value, **{f"loss_{k}": v for k, v in parts.items()}}
 
 
+def sample_sums(selected: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sample sums [B] of `selected` = `values[mask]` (mask [B, ...] bool; the elements in
+    the row-major order boolean indexing gives). Scattered back to a zero-filled [B, ...], not
+    summed with atomics: deterministic on GPU too."""
+    dense = selected.new_zeros(mask.shape).masked_scatter(mask, selected)
+    return dense.flatten(1).sum(1)
+
+
+def sample_mean(selected: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The batch mean of each sample's mean over its masked elements (`selected` =
+    `values[mask]`; a sample with none adds 0).
+
+    DDP averages gradients over workers, so a loss that is a batch mean of per-sample terms
+    steps W workers × batch b exactly like one worker × W·b. A mean pooled over the masked
+    elements of the whole batch would not: each worker would divide by its own count."""
+    counts = mask.flatten(1).sum(1).clamp(min=1)
+    return (sample_sums(selected, mask) / counts).mean()
+
+
+def distribute(model: torch.nn.Module) -> torch.nn.Module:
+    """The model for this worker: DDP (gradients averaged over the workers) when there are
+    several, else the model itself (Ray's `prepare_model`).
+
+    `find_unused_parameters`: some parameters get no gradient in a step, which plain DDP
+    refuses at the next one. DUSt3R never uses its `mask_token` nor its DPT heads'
+    `refinenet4.resConfUnit1` (DUSt3R's own training sets the flag too); TracksTo4D's warm-up
+    loss never reaches its per-point head `fc1`."""
+    import ray.train.torch
+
+    return ray.train.torch.prepare_model(
+        model, parallel_strategy_kwargs={"find_unused_parameters": True}
+    )
+
+
 def window_summary(
     window: list[dict[str, float]], step: int, start_step: int, batch_size: int, elapsed: float
 ) -> dict[str, float]:
@@ -138,7 +174,11 @@ def run_worker(
     'train' shard until config['steps']; reports every `log_every` steps; rank 0 calls
     `save(checkpoint_dir, model, optimizer, step, history, keep_checkpoints)` every
     `checkpoint_every` steps and at the last one. The shard is re-read from its start when it
-    runs out before the last step."""
+    runs out before the last step.
+
+    Ray Train splits 'train' with `streaming_split(num_workers, equal=True)`: in every pass
+    the workers get disjoint parts of equal size (up to num_workers − 1 rows dropped), so they
+    take the same number of steps per pass and stay in step for DDP's gradient allreduce."""
     import ray.train
     import ray.train.torch
     import torch
@@ -150,7 +190,7 @@ def run_worker(
     model, optimizer, step, history = restore(config, device)
     start_step = step
     torch.manual_seed(config["seed"] * 1000 + rank + step)
-    trained = ray.train.torch.prepare_model(model)
+    trained = distribute(model)
     shard = ray.train.get_dataset_shard("train")
     window: list[dict[str, float]] = []
     window_start = time.perf_counter()

@@ -8,11 +8,36 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
+def cuda_skip_reason() -> str | None:
+    """Why tests marked `gpu` cannot run here, or None when CUDA works."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return (
+        "needs CUDA: torch.cuda.is_available() is False "
+        f"(torch {torch.__version__}, {build}, "
+        f"CUDA_VISIBLE_DEVICES={'unset' if visible is None else repr(visible)})"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked `gpu` where CUDA does not work, naming why (`-ra` prints it)."""
+    marked = [item for item in items if item.get_closest_marker("gpu")]
+    reason = cuda_skip_reason() if marked else None
+    if reason:
+        for item in marked:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def free_port() -> int:
@@ -108,6 +133,24 @@ def stop_ray_cluster(token: str) -> None:
         if not alive:
             return
         targets = {p.pid: p for p in alive}
+
+
+@contextlib.contextmanager
+def ray_client_token(token: str) -> Iterator[None]:
+    """This process's Ray client in token mode with `token` (a test cluster's own) inside the
+    block; the previous mode and token afterwards."""
+    previous = {key: os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    reload_ray_auth_token()
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        reload_ray_auth_token()
 
 
 def reload_ray_auth_token() -> None:

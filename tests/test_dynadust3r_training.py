@@ -229,6 +229,27 @@ def test_loss_matches_hand_computation() -> None:
     assert parts["moved_1"] == pytest.approx(3 * moved - a * np.log(3), rel=1e-6)
 
 
+def test_batch_loss_is_the_mean_of_the_samples_losses() -> None:
+    """Per-sample means, then the batch mean: what DDP's gradient average over workers needs
+    (view 1 has 2 valid pixels in one sample, 1 in the other: a pooled mean weights them 2:1)."""
+    res1, res2, target = _hand_example()
+    flipped = {k: v.flip(2) for k, v in target.items()}
+    flipped["valid1"] = torch.tensor([[[False, True]]])
+    pair = (
+        {k: torch.cat([v, v]) for k, v in res1.items()},
+        {k: torch.cat([v, v]) for k, v in res2.items()},
+        {k: torch.cat([target[k], flipped[k]]) for k in target},
+    )
+    for mode in ("metric", "avg_dis"):
+        config = LossConfig(norm_mode=mode)
+        total, parts = dynadust3r_loss(*pair, config)
+        one, one_parts = dynadust3r_loss(res1, res2, target, config)
+        other, other_parts = dynadust3r_loss(res1, res2, flipped, config)
+        assert float(total) == pytest.approx((float(one) + float(other)) / 2, rel=1e-6)
+        for name in parts:
+            assert parts[name] == pytest.approx((one_parts[name] + other_parts[name]) / 2)
+
+
 def test_avg_dis_loss_ignores_prediction_scale_metric_does_not() -> None:
     res1, res2, target = _hand_example()
     scaled1 = {**res1, "pts3d": res1["pts3d"] * 4, "motion": res1["motion"] * 4}

@@ -28,8 +28,8 @@ import pytest
 from s4d_ray.io import fs
 from s4d_ray.io.clip_io import read_clip, write_clip
 from s4d_ray.viz.report import read_report_data
-from tests.conftest import free_port, reload_ray_auth_token, stop_ray_cluster
-from tests.tiny_models import TINY_SEA_RAFT_KEYS
+from tests.conftest import free_port, ray_client_token, stop_ray_cluster
+from tests.tiny_models import TINY_SEA_RAFT_KEYS, write_tiny_neural_models
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -51,34 +51,26 @@ def ray_head():
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
     }
-    previous = {key: os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=env["RAY_AUTH_TOKEN"])
-    reload_ray_auth_token()
-    started = subprocess.run(
-        [
-            str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
-            "--port", str(ports["port"]), "--dashboard-host", "127.0.0.1",
-            "--dashboard-port", str(ports["dashboard"]), "--metrics-export-port", str(ports["metrics"]),
-            "--num-cpus", "4", "--temp-dir", temp_dir, "--disable-usage-stats",
-        ],
-        env=env, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
-    if started.returncode:
-        pytest.fail(f"ray start failed:\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}")
-    yield {
-        **ports,
-        "address": f"127.0.0.1:{ports['port']}",
-        "dashboard_url": f"http://127.0.0.1:{ports['dashboard']}",
-        "env": env,
-    }
-    stop_ray_cluster(env["RAY_AUTH_TOKEN"])
-    shutil.rmtree(temp_dir, ignore_errors=True)
-    for key, value in previous.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    reload_ray_auth_token()
+    with ray_client_token(env["RAY_AUTH_TOKEN"]):
+        started = subprocess.run(
+            [
+                str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
+                "--port", str(ports["port"]), "--dashboard-host", "127.0.0.1",
+                "--dashboard-port", str(ports["dashboard"]), "--metrics-export-port", str(ports["metrics"]),
+                "--num-cpus", "4", "--temp-dir", temp_dir, "--disable-usage-stats",
+            ],
+            env=env, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        if started.returncode:
+            pytest.fail(f"ray start failed:\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}")
+        yield {
+            **ports,
+            "address": f"127.0.0.1:{ports['port']}",
+            "dashboard_url": f"http://127.0.0.1:{ports['dashboard']}",
+            "env": env,
+        }
+        stop_ray_cluster(env["RAY_AUTH_TOKEN"])
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +161,7 @@ class MetricsWatcher(threading.Thread):
             self.stop.wait(1.0)
 
 
+@pytest.mark.e2e
 def test_job_submit_outputs_failures_metrics_and_resume(ray_head, engine_inputs, tmp_path):
     root, good, bad = engine_inputs
     output = tmp_path / "out"
@@ -408,26 +401,11 @@ def test_neural_backend_end_to_end_with_tiny_random_models(ray_head, synth_dir, 
     run at 64 px), DeepLab (output stride 16 at 65 px), all from checkpoints in their official
     formats with random weights, through the same actors and pipeline as on a GPU cluster."""
     import ray
-    import torch
-    from safetensors.torch import save_model
 
     from s4d_ray.engine.config import config_from_dict
     from s4d_ray.engine.pipeline import run_pipeline
-    from s4d_ray.models.deeplab import DeepLabConfig, DeepLabV3Plus, save_converted
-    from s4d_ray.models.sea_raft import SEARAFT, SEARAFTConfig
-    from s4d_ray.models.tapir import TAPIR
 
-    torch.manual_seed(0)
-    tiny_raft = TINY_SEA_RAFT_KEYS
-    save_model(SEARAFT(SEARAFTConfig.from_dict(tiny_raft)), str(tmp_path / "model.safetensors"))
-    torch.save(TAPIR().state_dict(), tmp_path / "bootstapir_checkpoint_v2.pt")
-    deeplab_config = DeepLabConfig(output_stride=16, atrous_rates=(6, 12, 18))
-    save_converted(
-        DeepLabV3Plus(deeplab_config).state_dict(),
-        deeplab_config,
-        str(tmp_path / "deeplab.safetensors"),
-    )
-
+    models = write_tiny_neural_models(tmp_path)
     no_gpu = {"num_gpus": 0.0, "num_cpus": 0.5, "max_actors": 1}
     config = config_from_dict(
         {
@@ -435,22 +413,7 @@ def test_neural_backend_end_to_end_with_tiny_random_models(ray_head, synth_dir, 
             "min_tracks": 0,  # random weights track nothing visible; the wiring is under test
             "stages": {s: dict(no_gpu) for s in ("stereo", "tracking", "segmentation")}
             | {s: {"num_cpus": 0.5} for s in ("decode", "lift", "optimize")},
-            "models": {
-                "stereo": {
-                    "weights_uri": str(tmp_path / "model.safetensors"),
-                    "config": tiny_raft,
-                    "batch_size": 4,
-                },
-                "tracking": {
-                    "weights_uri": str(tmp_path / "bootstapir_checkpoint_v2.pt"),
-                    "query_stride": 64,
-                    "resolution": 64,
-                },
-                "segmentation": {
-                    "weights_uri": str(tmp_path / "deeplab.safetensors"),
-                    "input_size": 65,
-                },
-            },
+            "models": models,
         }
     )
     clip_id = sorted(p.stem for p in (synth_dir / "npz").glob("*.npz"))[0]
@@ -483,7 +446,7 @@ def test_neural_backend_end_to_end_with_tiny_random_models(ray_head, synth_dir, 
         assert models[stage]["weights_uri"] == str(path)
         assert models[stage]["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
         assert models[stage]["precision"] == "fp32"
-    assert models["stereo"]["config"]["iters"] == tiny_raft["iters"]
+    assert models["stereo"]["config"]["iters"] == TINY_SEA_RAFT_KEYS["iters"]
     assert models["tracking"]["config"]["resolution"] == 64
     assert models["segmentation"]["config"]["output_stride"] == 16
     (row,) = pq.read_table(tmp_path / "out" / "parquet").to_pylist()

@@ -102,6 +102,24 @@ def test_official_loss_parts_and_warmup(samples):
     assert warm.item() > 0
 
 
+def test_batch_loss_is_the_mean_of_the_samples_losses(samples):
+    """Every term per sample, then the batch mean (the official training takes one sample a
+    step): what DDP's gradient average over workers needs."""
+    rows, _ = samples
+    torch.manual_seed(0)
+    model = TracksTo4D(TINY_CONFIG)
+    for warmup in (False, True):
+        batch = to_batch(rows[:3], torch.device("cpu"))
+        batch["visible"] = batch["visible"].bool()
+        total, _ = tracksto4d_loss(model(batch["tracks"]), batch, LossConfig(), warmup)
+        alone = []
+        for row in rows[:3]:
+            one = to_batch([row], torch.device("cpu"))
+            one["visible"] = one["visible"].bool()
+            alone.append(float(tracksto4d_loss(model(one["tracks"]), one, LossConfig(), warmup)[0]))
+        assert float(total) == pytest.approx(np.mean(alone), rel=1e-5)
+
+
 def _evaluate(model: TracksTo4D, synth_dir) -> dict[str, float]:
     model.eval()
     config = InferenceConfig(window=12, overlap=4, max_tracks=200, min_visible=6)

@@ -2,12 +2,14 @@
 
 Per view v and valid pixel p (DUSt3R `ConfLoss(Regr3D(L21))`):
     ℓ = c_p · ‖P̂_p / ŝ − P_p / s‖ − α · log c_p,
-averaged over the valid pixels of the batch, summed over the two views. P̂ is the predicted
-pointmap (view 1 `pts3d`, view 2 `pts3d_in_other_view`, both in camera 1), P the target, c the
-predicted confidence (≥ 1), α = 0.2. The same term on the moved points — pointmap + predicted
-motion (`pts3d + motion`) against the target point at the query time, weighted by
-`motion_conf`, over the pixels whose track is known at that time — is added with weight
-`motion_weight`.
+averaged over each sample's valid pixels, then over the batch, summed over the two views
+(DUSt3R pools the valid pixels of the whole batch; the per-sample mean makes a DDP step of W
+workers × batch b equal one of a single worker × W·b: `train_loop.sample_mean`). P̂ is the
+predicted pointmap (view 1 `pts3d`, view 2 `pts3d_in_other_view`, both in camera 1), P the
+target, c the predicted confidence (≥ 1), α = 0.2. The same term on the moved points —
+pointmap + predicted motion (`pts3d + motion`) against the target point at the query time,
+weighted by `motion_conf`, over the pixels whose track is known at that time — is added with
+weight `motion_weight`.
 
 Scale (`norm_mode`):
 * "metric" (default): s = ŝ = 1. Stereo4D tracks are metric (6.3 cm baseline), the evaluation
@@ -24,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from s4d_ray.train_loop import sample_mean
 
 NORM_MODES = ("metric", "avg_dis")
 
@@ -53,12 +57,11 @@ def average_distance(pts1: Tensor, pts2: Tensor, valid1: Tensor, valid2: Tensor)
 def conf_regression(
     pred: Tensor, target: Tensor, conf: Tensor, valid: Tensor, alpha: float
 ) -> Tensor:
-    """mean over valid pixels of conf·‖pred − target‖ − α·log(conf); 0 when none is valid."""
-    if not bool(valid.any()):
-        return pred.sum() * 0.0
+    """Batch mean of each sample's mean over its valid pixels of conf·‖pred − target‖ −
+    α·log(conf); a sample without valid pixels adds 0."""
     distance = (pred[valid] - target[valid]).norm(dim=-1)
     confidence = conf[valid]
-    return (confidence * distance - alpha * confidence.log()).mean()
+    return sample_mean(confidence * distance - alpha * confidence.log(), valid)
 
 
 def dynadust3r_loss(

@@ -26,6 +26,7 @@ Columns (shapes per clip; T frames, S = 512, N tracks):
 from __future__ import annotations
 
 import json
+import sys
 import time
 import traceback
 import zlib
@@ -143,6 +144,17 @@ def record_model(row: Row, stage: str, model: Any) -> None:
     row["metadata"] = json.dumps(metadata, sort_keys=True)
 
 
+def record_placement(row: Row, stage: str, placement: dict[str, Any]) -> None:
+    """Put where `stage` ran (node, worker, Ray GPU ids and share, CUDA_VISIBLE_DEVICES,
+    device, CPU fallback; `runner.worker_placement`) under `placement.<stage>` of the row's
+    metadata JSON, beside the models' provenance."""
+    if "metadata" not in row:
+        return
+    metadata = json.loads(row["metadata"])
+    metadata.setdefault("placement", {})[stage] = placement
+    row["metadata"] = json.dumps(metadata, sort_keys=True)
+
+
 def mark_failed(row: Row, stage: Stage, error: BaseException) -> Row:
     """Turn `row` into a failure record of `stage`: error columns set, heavy arrays dropped."""
     row["error_stage"] = stage.name
@@ -158,6 +170,14 @@ def mark_failed(row: Row, stage: Stage, error: BaseException) -> Row:
     return row
 
 
+def release_cuda_cache(error: BaseException) -> None:
+    """After a CUDA out-of-memory error (the clip's failure row), hand the allocator's cached
+    blocks back so the actor's next clip starts from a clean GPU instead of failing too."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(error, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()
+
+
 def run_stage(row: Row, stage: Stage, fn: Callable[[Row], Row]) -> Row:
     """Apply `fn` to a clip row unless it already failed; time it; capture its failure."""
     if failed(row):
@@ -170,6 +190,7 @@ def run_stage(row: Row, stage: Stage, fn: Callable[[Row], Row]) -> Row:
     try:
         row = fn(row)
     except Exception as error:  # a bad clip must never take the job down
+        release_cuda_cache(error)
         return mark_failed(row, stage, error)
     for column in stage.consumes:
         row.pop(column, None)

@@ -71,10 +71,15 @@ class ModelSettings:
     precision ('fp32', 'bf16', 'fp16'), and per-stage options passed to the stage's
     constructor (`StereoMatcher`, `Tracker`, `Segmenter`), e.g. `weights_uri` (any fsspec
     URI; default the official checkpoint), `batch_size`, `query_stride`, `query_chunk_size`,
-    and for SEA-RAFT a `config` dict of official config keys."""
+    and for SEA-RAFT a `config` dict of official config keys.
+
+    A model actor that Ray gave a GPU checks CUDA before it loads weights; when CUDA does not
+    work the job stops (`GpuUnavailableError`) unless `allow_cpu_fallback` (a rehearsal on
+    fake GPUs), which runs it on the CPU and says so in each clip's `placement` record."""
 
     device: str = "auto"
     precision: str = "fp32"
+    allow_cpu_fallback: bool = False
     stereo: dict[str, Any] = field(default_factory=dict)
     tracking: dict[str, Any] = field(default_factory=dict)
     segmentation: dict[str, Any] = field(default_factory=dict)

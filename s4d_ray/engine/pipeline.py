@@ -18,6 +18,7 @@ import os
 import socket
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,7 @@ from s4d_ray.engine.preflight import (
     prepare_output,
     remove_stale_temp_files,
 )
-from s4d_ray.engine.runner import actor_class, apply, task_function
+from s4d_ray.engine.runner import actor_class, apply, gpu_error_in, task_function
 from s4d_ray.engine.stage_list import REDUCER, STAGES, Job, is_pool
 from s4d_ray.errors import JobAbortedError
 from s4d_ray.io import fs
@@ -348,7 +349,7 @@ def _run_pipeline(
     track_totals: Counter[str] = Counter()
     aborted: TooManyFailuresError | None = None
     if rows:
-        for clip in build_dataset(rows, config, output).iter_rows():
+        for clip in _clips_out(build_dataset(rows, config, output)):
             if clip["status"] == "done":
                 completed.add(str(clip["clip_id"]))  # its npz and shard row are written
                 summary.clips_done += 1
@@ -396,6 +397,19 @@ def _run_pipeline(
     if aborted:
         raise aborted
     return summary
+
+
+def _clips_out(dataset: Any) -> Iterator[dict[str, Any]]:
+    """The dataset's output rows; a model actor that found no working CUDA on its GPU
+    (`GpuUnavailableError` in its constructor, reported by Ray as a dead actor) stops the job
+    with that error's one message instead of Ray's traceback."""
+    try:
+        yield from dataset.iter_rows()
+    except Exception as error:
+        gpu_error = gpu_error_in(error)
+        if gpu_error is None:
+            raise
+        raise gpu_error from None
 
 
 def run_in_process(rows: list[Row], config: PipelineConfig, output: str) -> list[dict[str, Any]]:

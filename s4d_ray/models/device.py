@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Sequence
 from typing import Any
 
-from s4d_ray.errors import InputError
+from s4d_ray.errors import InputError, JobAbortedError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 """Neural backend arithmetic: fp32, or bf16 / fp16 autocast."""
@@ -34,6 +37,85 @@ def pick_device(device: str = "auto") -> str:
     if parsed.type == "mps" and parsed.index in (None, 0) and _mps_available():
         return device
     raise InputError(f"device {device!r} is not available here; available: {available_devices()}")
+
+
+class GpuUnavailableError(JobAbortedError):
+    """Ray gave a model actor GPUs but CUDA does not work in it (driver mismatch, a CPU-only
+    torch wheel, a broken device): the job stops at once rather than run on the CPU ~100×
+    slower for days. `models.allow_cpu_fallback: true` runs on the CPU instead."""
+
+
+def cuda_state() -> dict[str, Any]:
+    """What torch says about CUDA in this process, for provenance and error messages:
+    `available`, `device_count`, `torch` and `cuda` versions (the wheel's build), and
+    `allocation_error` (None when a tiny tensor could be made on cuda:0); on a working GPU
+    also `device_name`, `capability` and the kernel `driver` version."""
+    import torch
+
+    state: dict[str, Any] = {
+        "available": bool(torch.cuda.is_available()),
+        "device_count": int(torch.cuda.device_count()) if torch.cuda.is_available() else 0,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "allocation_error": None,
+    }
+    if not state["available"]:
+        state["allocation_error"] = "torch.cuda.is_available() is False"
+        return state
+    try:
+        torch.zeros(1, device="cuda:0").add_(1).item()
+    except Exception as error:  # noqa: BLE001 - any CUDA failure is the answer
+        state["allocation_error"] = f"{type(error).__name__}: {error}"
+        return state
+    state.update(
+        device_name=torch.cuda.get_device_name(0),
+        capability=".".join(map(str, torch.cuda.get_device_capability(0))),
+        driver=nvidia_driver_version(),
+    )
+    return state
+
+
+def nvidia_driver_version() -> str | None:
+    """The NVIDIA kernel driver version from /proc/driver/nvidia/version (Linux), or None."""
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            found = re.search(r"Kernel Module(?: for \S+)?\s+(\d+(?:\.\d+)+)", f.read())
+    except OSError:
+        return None
+    return found.group(1) if found else None
+
+
+def check_assigned_gpus(gpu_ids: Sequence[Any], where: str, allow_cpu_fallback: bool) -> dict:
+    """The device record of a worker that Ray gave `gpu_ids` (none: a CPU worker, no check):
+    `ray_gpu_ids`, `cuda_visible_devices`, `device` ('cuda' or 'cpu'), `cpu_fallback`, and
+    `cuda` (`cuda_state()`) when GPUs were assigned.
+
+    With GPUs assigned and CUDA not working, raise GpuUnavailableError naming `where` (the
+    node and stage), the ids and the torch.cuda state — unless `allow_cpu_fallback`, which
+    returns `device='cpu'`, `cpu_fallback=True` (the caller logs it loudly)."""
+    record: dict[str, Any] = {
+        "ray_gpu_ids": [str(i) for i in gpu_ids],
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "device": "cpu",
+        "cpu_fallback": False,
+    }
+    if not gpu_ids:
+        return record
+    state = cuda_state()
+    record["cuda"] = state
+    if state["allocation_error"] is None:
+        record["device"] = "cuda"
+        return record
+    if not allow_cpu_fallback:
+        raise GpuUnavailableError(
+            f"{where}: Ray assigned GPU ids {record['ray_gpu_ids']} "
+            f"(CUDA_VISIBLE_DEVICES={record['cuda_visible_devices']!r}) but CUDA does not "
+            f"work here: {state['allocation_error']} (torch {state['torch']}, built for "
+            f"CUDA {state['cuda']}, {state['device_count']} devices visible). Fix the node's "
+            "driver or torch wheel, or set models.allow_cpu_fallback: true to run on its CPU"
+        )
+    record["cpu_fallback"] = True
+    return record
 
 
 def available_devices() -> str:

@@ -12,6 +12,9 @@ one global scale (TracksTo4D sees only 2D tracks): points in each frame's camera
 motion relative to the first frame, both divided by the mean distance of the visible points to
 their cameras (the same scale for points and translations, so their ratio is supervised);
 rotation error ‖R₀ᵀR_f − R₀*ᵀR_f*‖²; movement level as a logit (log m) of the moving flag.
+
+Every term is a batch mean of per-sample terms (the official training takes one sample per
+step), so a DDP step of W workers × batch b equals one of a single worker × W·b.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from s4d_ray.train_loop import sample_mean, sample_sums
 
 WARMUP_TRANSLATION = (0.0, 0.0, -15.0)
 
@@ -46,24 +51,26 @@ class LossConfig:
 def unsupervised_loss(
     out: dict[str, Tensor], tracks_xy: Tensor, visible: Tensor, config: LossConfig
 ) -> tuple[Tensor, dict[str, float]]:
-    """Official objective. tracks_xy [B,N,2,F] normalised; visible [B,N,F] bool."""
+    """Official objective. tracks_xy [B,N,2,F] normalised; visible [B,N,F] bool. Each term is
+    the official one of a sample (its training takes batches of one), averaged over the batch."""
     target = tracks_xy.permute(0, 3, 2, 1)  # [B,F,2,N]
     vis = visible.transpose(1, 2)  # [B,F,N]
     reprojection = (((out["projections"] - target) ** 2).sum(2)[vis] + 1e-12).sqrt()
     static = (((out["projections_static"] - target) ** 2).sum(2)[vis] + 1e-12).sqrt()
     movement = out["movement"][:, None, :].expand_as(vis)[vis]
-    static_loss = torch.log(movement + static**2 / movement).mean()
-    negative_depth = -out["depths"][vis].clamp(max=0).sum()
+    reprojection_loss = sample_mean(reprojection, vis)
+    static_loss = sample_mean(torch.log(movement + static**2 / movement), vis)
+    negative_depth = sample_sums(-out["depths"][vis].clamp(max=0), vis).mean()
     weights = out["movement"][..., None, None].detach()
     sparsity = (out["basis_points"][..., 1:] / weights).abs().mean()
     loss = (
         static_loss
-        + config.reprojection_dynamic_coeff * reprojection.mean()
+        + config.reprojection_dynamic_coeff * reprojection_loss
         + negative_depth
         + config.sparsity_dynamic_coeff * sparsity
     )
     parts = {
-        "reprojection": reprojection.mean().item(),
+        "reprojection": reprojection_loss.item(),
         "static": static_loss.item(),
         "negative_depth": negative_depth.item(),
         "sparsity": sparsity.item(),
@@ -111,7 +118,7 @@ def supervised_loss(
     point_err = (cam / s_pred[:, None, None, None] - gt_cam / s_gt[:, None, None, None]).norm(
         dim=-1
     )
-    points_loss = (point_err * vis).flatten(1).sum(1).div(count).mean()
+    points_loss = sample_mean(point_err[vis], vis)
     gt_c2w = batch["camera2world"]
     rel_rot, rel_trans = _relative_motion(out["rotations"], out["translations"])
     gt_rot, gt_trans = _relative_motion(gt_c2w[..., :3, :3], gt_c2w[..., :3, 3])

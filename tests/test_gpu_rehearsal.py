@@ -79,6 +79,17 @@ def test_cpu_fallback_is_allowed_only_when_asked_and_is_recorded():
     assert record["cuda"]["allocation_error"] == "torch.cuda.is_available() is False"
 
 
+@pytest.mark.gpu
+def test_a_working_gpu_is_used_and_named_in_the_record():
+    """On a real GPU: device 'cuda', and the device name, compute capability, driver and
+    CUDA versions that go into each clip's placement record."""
+    record = check_assigned_gpus([0], "stage 'stereo' on node abc", allow_cpu_fallback=False)
+    assert record["device"] == "cuda" and not record["cpu_fallback"]
+    cuda = record["cuda"]
+    assert cuda["allocation_error"] is None and cuda["device_name"] and cuda["cuda"]
+    assert cuda["capability"] and cuda["driver"], cuda
+
+
 def test_a_cuda_out_of_memory_error_is_the_clips_failure_row_and_the_actor_goes_on():
     """An OOM in one clip is that clip's failure row (and the CUDA cache is released); the
     same stage context then serves the next clip."""

@@ -1,4 +1,4 @@
-"""Hostile inputs and invocations (issue 10), each reproduced first: wrapping track lengths,
+"""Hostile inputs and invocations, each reproduced first: wrapping track lengths,
 decompression bombs, special files, leftover temp files, rig matrices that are not rotations,
 uint64 timestamps past 2^63. The job-level checks (a writer killed mid-write, then a resume;
 concurrent runs into one output) are in tests/test_engine.py, on the real local Ray cluster."""

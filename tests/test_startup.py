@@ -1,5 +1,5 @@
 """Driver start-up without a call per clip: completed clips from one dataset read of the
-shards, rectified videos from one listing (issue 9 item 5; figures in benchmarks/bench_startup)."""
+shards, rectified videos from one listing (figures in benchmarks/bench_startup)."""
 
 from __future__ import annotations
 

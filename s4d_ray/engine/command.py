@@ -9,19 +9,12 @@ import socket
 import sys
 import threading
 
-from s4d_ray.argtypes import float_range
+from s4d_ray.argtypes import float_range, int_range
 from s4d_ray.engine.config import ConfigError, load_config
 from s4d_ray.engine.own_videos import own_video_config
 from s4d_ray.engine.pipeline import run_pipeline
 from s4d_ray.errors import InputError, report_error
 from s4d_ray.ownvideo.prepare import VIDEO_TIMEOUT_S
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -53,13 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--videos", default="", help="folder of raw VR180 <video_id>.mp4")
     parser.add_argument(
         "--min-clip-frames",
-        type=_positive_int,
+        type=int_range(1),
         default=32,
         help="own videos (no --npz): drop clips shorter than this",
     )
     parser.add_argument(
         "--max-clip-frames",
-        type=_positive_int,
+        type=int_range(1),
         default=200,
         help="own videos (no --npz): split longer shots into clips of at most this many frames",
     )
@@ -78,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="output folder (any fsspec URI)")
     parser.add_argument("--backend", choices=("cpu", "neural"), default=None, help="default: cpu")
     parser.add_argument(
-        "--limit", type=_positive_int, default=None, help="process at most N new clips"
+        "--limit", type=int_range(1), default=None, help="process at most N new clips"
     )
     parser.add_argument("--config", default=None, help="YAML/JSON config (resources, weights, ...)")
     parser.add_argument(

@@ -380,7 +380,7 @@ def test_unusable_output_is_found_before_any_clip(tmp_path):
         ("predict --checkpoint c --video v --out o --time nan", "--time: must be a finite"),
         ("predict --checkpoint c --video v --out o --time 2", "--time: must be in [0, 1]"),
         ("predict --checkpoint c --video v --out o --size 100000", "--size: must be in [16, 1024]"),
-        ("run --npz a --videos b --output c --limit 0", "--limit: must be >= 1"),
+        ("run --npz a --videos b --output c --limit 0", "--limit: must be in [1, inf], got 0"),
         ("eval-dynadust3r --checkpoint c --npz n --limit 0", "--limit: must be in [1, inf]"),
     ],
 )

@@ -31,7 +31,7 @@ from s4d_ray.engine.preflight import fits, node_types_from_config, stage_request
 from s4d_ray.engine.stage_list import ACTOR, StageSpec, default_resources
 from s4d_ray.io.clip_io import read_clip
 from s4d_ray.models.device import GpuUnavailableError, check_assigned_gpus
-from tests.conftest import free_port, ray_client_token, stop_ray_cluster
+from tests.conftest import cuda_skip_reason, free_port, ray_client_token, stop_ray_cluster
 from tests.tiny_models import write_tiny_neural_models
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,13 +41,9 @@ CPU_STAGES = ("decode", "lift", "optimize")
 FAKE_GPUS = 2
 
 
-def _cuda_works() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
-
-
-no_cuda_here = pytest.mark.skipif(_cuda_works(), reason="tests the no-CUDA path; CUDA works")
+no_cuda_here = pytest.mark.skipif(
+    cuda_skip_reason() is None, reason="tests the no-CUDA path; CUDA works"
+)
 
 
 # --- without Ray ------------------------------------------------------------------------------
@@ -250,7 +246,7 @@ def test_model_actors_are_placed_on_fake_gpus_and_record_it(gpu_head, synth_dir,
 def test_gpu_ids_without_cuda_fail_the_job_within_a_minute(gpu_head, synth_dir, tmp_path):
     """The submitted job's driver, as `ray job submit` runs it, against the 2-fake-GPU head
     without `allow_cpu_fallback`: exit 3 in under a minute with the one message."""
-    if _cuda_works():
+    if cuda_skip_reason() is None:
         pytest.skip("CUDA works here: the fake GPU ids would be real")
     config = tmp_path / "config.json"
     models = write_tiny_neural_models(tmp_path)

@@ -136,23 +136,25 @@ def _update_json(row: Row, column: str, values: dict[str, Any]) -> None:
     row[column] = json.dumps(merged, sort_keys=True)
 
 
+def _record_in_metadata(row: Row, section: str, stage: str, value: dict[str, Any]) -> None:
+    """Put `value` under `<section>.<stage>` of the row's metadata JSON."""
+    metadata = json.loads(row["metadata"])
+    metadata.setdefault(section, {})[stage] = value
+    row["metadata"] = json.dumps(metadata, sort_keys=True)
+
+
 def record_model(row: Row, stage: str, model: Any) -> None:
     """Put `model.provenance()` (backend, model, config, weights URI/bytes/sha256, precision)
     under `models.<stage>` of the row's metadata JSON: it lands in the npz and Parquet row."""
-    metadata = json.loads(row["metadata"])
-    metadata.setdefault("models", {})[stage] = model.provenance()
-    row["metadata"] = json.dumps(metadata, sort_keys=True)
+    _record_in_metadata(row, "models", stage, model.provenance())
 
 
 def record_placement(row: Row, stage: str, placement: dict[str, Any]) -> None:
     """Put where `stage` ran (node, worker, Ray GPU ids and share, CUDA_VISIBLE_DEVICES,
     device, CPU fallback; `runner.worker_placement`) under `placement.<stage>` of the row's
     metadata JSON, beside the models' provenance."""
-    if "metadata" not in row:
-        return
-    metadata = json.loads(row["metadata"])
-    metadata.setdefault("placement", {})[stage] = placement
-    row["metadata"] = json.dumps(metadata, sort_keys=True)
+    if "metadata" in row:
+        _record_in_metadata(row, "placement", stage, placement)
 
 
 def mark_failed(row: Row, stage: Stage, error: BaseException) -> Row:

@@ -162,9 +162,9 @@ def check_cluster_resources(config: PipelineConfig, pool_stages: frozenset[str])
 
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     node_types, source = autoscaler_node_types()
+    candidates = nodes + list(node_types.values())
     for name, res in config.stages.items():
         request = stage_request(res)
-        candidates = nodes + list(node_types.values())
         if any(fits(request, node) for node in candidates):
             continue
         short = [key for key in request if not fits({key: request[key]}, _largest(candidates))]

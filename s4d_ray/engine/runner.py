@@ -193,8 +193,12 @@ def task_function(stage_name: str, job: Job) -> Callable[[Any], Any]:
     spec = STAGE[stage_name]
     timeout_s = job.config.resources(stage_name).timeout_s
 
+    placement: dict[str, Any] = {}  # per worker process: made on its first clip, then reused
+
     def run(item: Any) -> Any:
-        return apply(spec, spec.setup(job), item, timeout_s, worker_placement(stage_name, job))
+        if not placement:
+            placement.update(worker_placement(stage_name, job))
+        return apply(spec, spec.setup(job), item, timeout_s, placement)
 
     run.__name__ = run.__qualname__ = stage_name
     return run

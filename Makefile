@@ -19,23 +19,26 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m s4d_ray.synthetic.demo --out $(DEMO_OUT)
 
-# CI's suite: ruff, then every case not marked slow plus the one end-to-end job (marked e2e)
+# CI's suite: ruff, mypy, then every case not marked slow plus the one end-to-end job (marked e2e)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/pytest -m "not slow or e2e"
 
 test-all: $(STAMP)  # everything, the slow Ray-cluster, node-loss, autoscaling and training cases too
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/pytest
 
-test-fast: $(STAMP)  # no slow case at all, no ruff: the quick loop while editing
+test-fast: $(STAMP)  # no slow case at all, no ruff or mypy: the quick loop while editing
 	$(BIN)/pytest -m "not slow"
 
-lint: $(STAMP)
+lint: $(STAMP)  # ruff, then mypy over s4d_ray/ ([tool.mypy] in pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -45,4 +48,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_rectify
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache .mypy_cache

@@ -23,6 +23,7 @@ import numpy as np
 from s4d_ray.geometry.pose_metrics import ate_se3, ate_sim3, relative_eye_rotation_error_deg, rpe
 from s4d_ray.geometry.rectify import LowResolutionWarning, rectify_clip
 from s4d_ray.io.clip_io import read_clip
+from s4d_ray.io.stereo_format import StereoFormat
 from s4d_ray.io.video import decode_frames_at
 from s4d_ray.ownvideo.calibration import calibrate_frames, sample_timestamps, vertical_disparity_px
 from s4d_ray.ownvideo.clips import ClipConfig, split_video
@@ -106,7 +107,9 @@ def bench_clip(root: Path, truth_npz: Path, min_clip_frames: int, tracks: bool =
         frames = list(decode_frames_at(video, sample_timestamps(clips[0].timestamps, 12)))
         calibration = calibrate_frames(frames, truth.video_id)
     rig_truth = truth.rectified2rig.astype(np.float64)
-    floor = vertical_disparity_px(frames, rig_truth, calibration.fov_bounds)
+    floor = vertical_disparity_px(
+        frames, rig_truth, StereoFormat.from_json_dict(calibration.video_format)
+    )
     out["calibration"] = {
         **t.figures(),
         "relative_eye_rotation_error_deg": round(

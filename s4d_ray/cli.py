@@ -17,6 +17,15 @@ def _synth(args: argparse.Namespace) -> int:
         seed=args.seed,
         tracks=args.tracks,
         num_objects=args.objects,
+        layout=args.layout,
+        projection=args.projection,
+        fov_deg=args.fov_deg,
+        eye_width=args.eye_width,
+        container=args.container,
+        metadata=args.metadata,
+        sidecar=args.sidecar,
+        title=args.title,
+        supersample=args.supersample,
     )
     for clip_id in synth_dataset(args.out, config):
         print(clip_id)
@@ -35,6 +44,21 @@ def _check_output_folder(uri: str, flag: str) -> None:
         path = fs.filesystem(uri)[1]
         if os.path.exists(path) and not os.path.isdir(path):
             raise InputError(f"{flag} {uri!r} exists and is not a folder")
+
+
+def _probe(args: argparse.Namespace) -> int:
+    """`s4d probe`: one table (or one JSON list) of what each video is and how it will be
+    read; exit 1 when any video is refused."""
+    import json
+
+    from s4d_ray.ownvideo.probe import probe
+
+    reports = [probe(uri, content=not args.headers_only) for uri in args.videos]
+    if args.json:
+        print(json.dumps([r.to_json_dict() for r in reports], indent=1))
+    else:
+        print("\n\n".join(r.table() for r in reports))
+    return 1 if any(r.format is None for r in reports) else 0
 
 
 def _rectify(args: argparse.Namespace) -> int:
@@ -66,7 +90,8 @@ def _predict(args: argparse.Namespace) -> int:
         check_output(fs.join(args.out, name), sources, "--out")
     _check_output_folder(args.out, "--out")
     if args.video:
-        image1, image2 = read_video_pair(args.video, *args.pair, max_pixels=args.max_pixels)
+        first, second = args.pair
+        image1, image2 = read_video_pair(args.video, first, second, max_pixels=args.max_pixels)
     else:
         image1, image2 = (read_image(uri, max_pixels=args.max_pixels) for uri in args.images)
     for path in predict_to_files(
@@ -262,6 +287,8 @@ def _eval_pointmaps(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from s4d_ray.argtypes import device_name, float_range, int_range
     from s4d_ray.dynadust3r import MAX_INPUT_SIZE
+    from s4d_ray.io.stereo_format import LAYOUTS, PROJECTIONS
+    from s4d_ray.synthetic.synth import CONTAINERS
 
     parser = argparse.ArgumentParser(
         prog="s4d", description="Stereo VR180 video to metric 4D training data (Stereo4D)."
@@ -290,7 +317,59 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument(
         "--objects", type=int_range(0, 1000), default=4, help="moving objects per scene"
     )
+    synth.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="left-right",
+        help="where the eyes are stored (right-left: the left eye on the right)",
+    )
+    synth.add_argument("--projection", choices=PROJECTIONS, default="equirect")
+    synth.add_argument(
+        "--fov-deg",
+        type=float_range(10, 360),
+        default=0.0,
+        help="each eye's field, deg (default: 180 equirect, 190 fisheye; 360: full equirect)",
+    )
+    synth.add_argument(
+        "--eye-width",
+        type=int_range(0, 8192, multiple_of=2),
+        default=0,
+        help="squeeze each eye to this width, px (0: square pixels)",
+    )
+    synth.add_argument("--container", choices=sorted(CONTAINERS), default="mp4")
+    synth.add_argument(
+        "--metadata",
+        action="store_true",
+        help="write the layout and projection into the file (mp4 st3d/sv3d, mkv/webm StereoMode)",
+    )
+    synth.add_argument(
+        "--sidecar", action="store_true", help="write <file>.s4d.json describing the format"
+    )
+    synth.add_argument(
+        "--title", default="", help="name the video '<title> [<video_id>].<ext>' as yt-dlp does"
+    )
+    synth.add_argument(
+        "--supersample",
+        type=int_range(1, 8),
+        default=1,
+        help="rays per pixel along each axis (2: anti-aliased far textures, 4x slower)",
+    )
     synth.set_defaults(func=_synth)
+
+    probe = sub.add_parser(
+        "probe",
+        help="what each raw video is (container, codec, rate, spherical metadata, sidecar) and "
+        "how it will be read (layout, projection, field of view, and from which source), "
+        "or why it is refused; exit 1 if any is refused",
+    )
+    probe.add_argument("videos", nargs="+", help="raw video files or URIs")
+    probe.add_argument("--json", action="store_true", help="one JSON list for scripts")
+    probe.add_argument(
+        "--headers-only",
+        action="store_true",
+        help="skip the content checks of the first seconds (mono, layout, fisheye circles)",
+    )
+    probe.set_defaults(func=_probe)
 
     rectify = sub.add_parser(
         "rectify", help="raw VR180 video + release npz -> 512x512 rectified left/right mp4"

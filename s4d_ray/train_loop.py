@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar
 
 from s4d_ray.io import fs
 from s4d_ray.models.device import autocast_dtype, check_precision
@@ -33,8 +33,10 @@ if TYPE_CHECKING:  # torch is imported where it runs: the sample readers need no
 LATEST = "latest.json"
 HISTORY_LENGTH = 1000  # metric rows kept in latest.json
 
-Restored = "tuple[torch.nn.Module, torch.optim.Optimizer, int, list[dict[str, Any]]]"
+Restored: TypeAlias = "tuple[torch.nn.Module, torch.optim.Optimizer, int, list[dict[str, Any]]]"
 """(model, optimizer, step, history) a worker starts from."""
+
+ModelT = TypeVar("ModelT", bound="torch.nn.Module")
 
 
 def step_file(kind: str, step: int, suffix: str) -> str:
@@ -79,9 +81,9 @@ def commit_checkpoint(
 
 def restore_or_start(
     checkpoint_dir: str,
-    start: Callable[[], tuple[torch.nn.Module, torch.optim.Optimizer]],
-    resume: Callable[[dict[str, Any]], tuple[torch.nn.Module, torch.optim.Optimizer]],
-) -> Restored:
+    start: Callable[[], tuple[ModelT, torch.optim.Optimizer]],
+    resume: Callable[[dict[str, Any]], tuple[ModelT, torch.optim.Optimizer]],
+) -> tuple[ModelT, torch.optim.Optimizer, int, list[dict[str, Any]]]:
     """(model, optimizer, step, history): `resume(latest)` when CKPT/latest.json exists, else
     `start()` at step 0 with no history."""
     latest = read_latest(checkpoint_dir)
@@ -267,7 +269,13 @@ class RunSettings:
     seed: int = 0
     address: str | None = None
 
-    POSITIVE = ("steps", "checkpoint_every", "log_every", "keep_checkpoints", "batch_size")
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "steps",
+        "checkpoint_every",
+        "log_every",
+        "keep_checkpoints",
+        "batch_size",
+    )
 
     def __post_init__(self) -> None:
         for name in self.POSITIVE:

@@ -83,7 +83,11 @@ def make_odd_videos(out_dir: Path, frames: int = 10) -> dict[str, str]:
     a raw H.264 elementary stream (no frame times); tiny: 8×8 frames; huge: one black MJPEG
     frame of 16384×8192 (a few MB declaring 400 MB of RGB)."""
     rng = np.random.default_rng(0)
-    pictures = [rng.integers(0, 255, (64, 128, 3), np.uint8) for _ in range(frames)]
+    # both halves alike, as a stereo pair's: the probe's content check lets them through to
+    # the checks each file is made for
+    pictures = [
+        np.tile(rng.integers(0, 255, (64, 64, 3), np.uint8), (1, 2, 1)) for _ in range(frames)
+    ]
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {kind: str(out_dir / f"{kind}.mp4") for kind in (
         "far_start", "duplicate_times", "rotated", "size_change", "raw_stream", "tiny", "huge"

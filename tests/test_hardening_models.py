@@ -653,7 +653,7 @@ def test_pose_qa_of_a_static_clip_is_one_error_row(monkeypatch):
     record = make_record(num_frames=6)
     record.camera2world[:, :, 3] = 0
     monkeypatch.setattr(qa, "read_clip", lambda uri: record)
-    monkeypatch.setattr(qa, "find_video", lambda *args: "video.mp4", raising=False)
+    monkeypatch.setattr(qa, "find_raw_video", lambda *args: "video.mp4")
     monkeypatch.setattr(qa, "rectify_clip", lambda record, video: (None, None))
     poses = SimpleNamespace(camera2world=orbit_poses(6)[:, :3], num_points=10, rms_px=0.5)
     monkeypatch.setattr(qa, "estimate_poses", lambda *args, **kwargs: poses)

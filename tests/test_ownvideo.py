@@ -18,7 +18,6 @@ from s4d_ray.ownvideo.calibration import (
     calibrate_video,
     calibration_uri,
     epipolar_residuals,
-    fov_bounds_of,
     pixels_to_rays,
     smallest_gauge,
 )
@@ -107,8 +106,7 @@ def test_calibration_residual_is_zero_for_the_true_rig_and_gauge_free() -> None:
 
 
 def test_equirect_pixels_round_trip_to_rays() -> None:
-    fov = fov_bounds_of((512, 512))
-    np.testing.assert_allclose(fov, [-90, 90, -90, 90])
+    fov = np.array([-90.0, 90.0, -90.0, 90.0])
     rays = pixels_to_rays(np.array([[255.5, 255.5], [0.0, 255.5]]), fov, (512, 512))
     np.testing.assert_allclose(rays[0], [0, 0, 1], atol=1e-12)
     np.testing.assert_allclose(rays[1], [-1, 0, 0], atol=1e-3)
@@ -244,9 +242,9 @@ def test_bad_videos_are_one_failure_each(synth_dir: Path, tmp_path: Path) -> Non
     bad = make_bad_videos(str(good), tmp_path / "raw")
     config = OwnVideoConfig(clips=ClipConfig(min_clip_frames=8))
     expected = {
-        "monovid": ("calibration", "do not match as a stereo pair"),
+        "monovid": ("probe", "not a stereo video"),
         "staticvid": ("clips", "frozen"),
-        "flatvid": ("clips", "tracking breaks"),
+        "flatvid": ("probe", "no texture"),
         "shortvid": ("clips", "5 frames"),
     }
     for name, (stage, words) in expected.items():

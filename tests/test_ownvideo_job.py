@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from s4d_ray.io.clip_io import read_clip
+from s4d_ray.synthetic.synth import SynthConfig, synth_clip
 from tests.ownvideo_inputs import make_bad_videos, make_odd_videos
 from tests.test_engine import ray_head, submit  # noqa: F401 - the module's own Ray head
 
@@ -25,8 +27,15 @@ def test_job_without_npz_splits_calibrates_poses_and_runs_the_pipeline(
     videos = tmp_path / "videos"
     videos.mkdir()
     good = sorted((synth_dir / "raw").glob("*.mp4"))[0]
-    # yt-dlp's name in capitals: found by id at preparation and again at decode
-    shutil.copy(good, videos / f"My VR180 trip [{good.stem}].MP4")
+    # the same scene as `good`, packed top-bottom in Matroska with StereoMode, and yt-dlp's
+    # name in capitals: found by id at preparation and again at decode, read top-bottom by both
+    kind = SynthConfig(
+        clips=1, frames=12, height=512, seed=7, tracks=50, layout="top-bottom", container="mkv"
+    )
+    synth_clip(str(tmp_path / "tb"), replace(kind, metadata=True), 0)
+    shutil.copy(
+        tmp_path / "tb" / "raw" / f"{good.stem}.mkv", videos / f"My VR180 trip [{good.stem}].MKV"
+    )
     bad = make_bad_videos(str(good), tmp_path / "bad")
     for name in ("staticvid", "shortvid"):
         shutil.copy(bad[name], videos / f"{name}.mp4")
@@ -44,10 +53,16 @@ def test_job_without_npz_splits_calibrates_poses_and_runs_the_pipeline(
     assert record.num_tracks > 0 and record.num_frames == 17  # the whole 17-frame video
     np.testing.assert_allclose(record.camera2world[0], np.eye(4)[:3], atol=1e-5)
     truth = read_clip(str(next((synth_dir / "npz").glob(f"{good.stem}_*.npz"))))
-    assert np.isin(truth.timestamps, record.timestamps).all()  # the video's own µs
+    # the video's own µs: Matroska stores frame times in ms
+    nearest = record.timestamps[np.searchsorted(record.timestamps, truth.timestamps - 500)]
+    np.testing.assert_allclose(nearest, truth.timestamps, atol=500)
     calibration = json.loads((output / "calibration" / f"{good.stem}.json").read_text())
     np.testing.assert_allclose(record.rectified2rig, calibration["rectified2rig"], atol=1e-6)
     np.testing.assert_allclose(record.fov_bounds, [-90, 90, -90, 90])
+    video_format = json.loads(str(record.extras["video_format"]))
+    assert video_format["layout"] == "top-bottom"
+    assert video_format["sources"]["layout"] == "metadata"
+    assert calibration["video_format"]["layout"] == "top-bottom"
 
     failures = pq.read_table(output / "failures").to_pylist()
     by_id = {row["clip_id"]: row for row in failures}

@@ -37,7 +37,7 @@ from s4d_ray.io import fs
 from s4d_ray.io.clip_io import ClipRecord, npz_stem, read_clip
 from s4d_ray.io.dense import dense_file, output_root_of_npz, read_dense
 from s4d_ray.io.video import decode_first_frames
-from s4d_ray.io.video_lookup import find_video
+from s4d_ray.io.video_lookup import VIDEO_FORMAT_EXTRA, find_raw_video
 from s4d_ray.track.moving import moving_by_extent
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def build_sample(
     triplet: tuple[int, int, int],
     image_size: int,
     hfov_deg: float = RECTIFIED_HFOV_DEG,
-) -> dict[str, np.ndarray]:
+) -> dict[str, Any]:
     """One training sample from frames i, j (left rectified, square uint8) and the clip's tracks.
 
     tracks [N,T,3] world m (NaN = unseen); world2camera [T,3,4]; triplet (i, j, k). Returns
@@ -178,7 +178,7 @@ def build_sample(
     k = intrinsics(image_size, image_size, hfov_deg)
     point_k = tracks[:, q]
     seen_k = np.isfinite(point_k).all(axis=1)
-    sample: dict[str, np.ndarray] = {
+    sample: dict[str, Any] = {  # arrays, and query_time a numpy float32 scalar
         "image1": resize_image(image_i, image_size),
         "image2": resize_image(image_j, image_size),
         "query_time": np.float32((q - i) / (j - i)),
@@ -235,7 +235,7 @@ def read_left_frames(
 ) -> np.ndarray:
     """Left rectified frames [T,S,S,3] uint8: the engine's dense outputs when `dense_root` (an
     engine output run with `--dense`) has them for this clip — no re-rectification — else
-    rectified from `<videos>/<video_id>.mp4`, or the first T frames of
+    rectified from the clip's raw video in `<videos>`, or the first T frames of
     `<rectified>/<clip_id>-left_rectified.mp4` (also `<rectified>/<clip_id>/…`).
     """
     if dense_root and fs.exists(dense_file(dense_root, record.name, "left.mp4")):
@@ -247,7 +247,7 @@ def read_left_frames(
             )
         return frames[: record.num_frames]
     if videos_uri:
-        video = find_video(videos_uri, record.video_id, record.name, "samples")
+        video = find_raw_video(videos_uri, record, "samples")
         return np.stack([left for left, _ in iter_rectified(record, video)])
     if not rectified_uri:
         raise ValueError("give a raw video folder or a rectified video folder")
@@ -272,7 +272,7 @@ def clip_samples(
     counts = counts if counts is not None else FilterCounts()
     clip_id = npz_stem(npz_uri)
     try:
-        record = read_clip(npz_uri, extras=())  # release members only: extras never inflated
+        record = read_clip(npz_uri, extras=(VIDEO_FORMAT_EXTRA,))  # release members + format only
         clip_id = record.name
         tracks = record.dense_tracks()
         triplets = select_triplets(tracks, record.name, config, counts)

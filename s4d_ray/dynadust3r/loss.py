@@ -129,10 +129,12 @@ def least_squares_scale(
 ) -> Tensor:
     """Per-sample s [B] minimising Σ‖s·P̂ − P‖² over the valid pointmap pixels of both views
     (fitted on the pointmaps, not on the moved points that are evaluated)."""
-    numerator, denominator = 0.0, 0.0
+    numerators, denominators = [], []
     for view, res, pts_key in ((1, res1, "pts3d"), (2, res2, "pts3d_in_other_view")):
         pred, gt = res[pts_key].float(), target[f"pts{view}"].float()
         valid = target[f"valid{view}"].float()
-        numerator = numerator + ((pred * gt).sum(-1) * valid).flatten(1).sum(1)
-        denominator = denominator + ((pred * pred).sum(-1) * valid).flatten(1).sum(1)
+        numerators.append(((pred * gt).sum(-1) * valid).flatten(1).sum(1))
+        denominators.append(((pred * pred).sum(-1) * valid).flatten(1).sum(1))
+    numerator = numerators[0] + numerators[1]
+    denominator = denominators[0] + denominators[1]
     return numerator / denominator.clamp(min=1e-12)

@@ -11,7 +11,8 @@ Columns (shapes per clip; T frames, S = 512, N tracks):
     clip_id, npz_uri, videos_root, left_uri, right_uri   str (inputs; unused URIs empty)
     error_stage, error_type, error_message, timings, metadata    str (timings/metadata JSON)
     video_id str; timestamps int64 [T] µs; camera2world [T,3,4]; rectified2rig [2,3,3];
-    fov_bounds [4]                                         (decode)
+    fov_bounds [4]; baseline_m float m; video_format str (JSON, empty for rectified inputs)
+                                                           (decode)
     left, right uint8 [T,S,S,3]                            (decode)
     depth float32 [T,S,S] m, 0 = invalid                   (stereo; drops right)
     label_classes uint8 [2,T,S,S/8] sky/static bit planes, [0,0,0,0] when disabled (segmentation)
@@ -37,14 +38,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from s4d_ray.errors import StageError
-from s4d_ray.geometry.camera import RECTIFIED_HFOV_DEG, RECTIFIED_SIZE, invert_poses
+from s4d_ray.geometry.camera import (
+    RECTIFIED_HFOV_DEG,
+    RECTIFIED_SIZE,
+    STEREO_BASELINE_M,
+    invert_poses,
+)
 from s4d_ray.geometry.rectify import RectifiedVideoIndex, rectify_clip
 from s4d_ray.io import fs
 from s4d_ray.io.clip_io import MAX_NPZ_BYTES, npz_stem, read_clip
 from s4d_ray.io.dense import camera_json, depth_shape, encode_depth, encode_frames, write_dense
 from s4d_ray.io.ids import validate_clip_id
 from s4d_ray.io.video import decode_first_frames
-from s4d_ray.io.video_lookup import find_video
+from s4d_ray.io.video_lookup import VIDEO_FORMAT_EXTRA, carried_format, find_raw_video
 from s4d_ray.io.writer import build_clip_record, write_clip_npz, write_parquet_shard
 from s4d_ray.track.depth import depth_from_flow
 from s4d_ray.track.drift_filter import (
@@ -88,6 +94,8 @@ RECORD_COLUMNS = {
     "camera2world": ("float32", 3),
     "rectified2rig": ("float32", 3),
     "fov_bounds": ("float32", 1),
+    "baseline_m": ("float64", 0),
+    "video_format": ("str", 0),
 }
 """Release-record columns the decode stage adds (dtype, ndim)."""
 
@@ -242,12 +250,15 @@ def decode_and_rectify(row: Row, max_npz_bytes: int = MAX_NPZ_BYTES, dense: bool
     the raw VR180 video (or decode rectified mp4s). With `dense`, also the frames as mp4 bytes
     (`dense_left`, `dense_right`; empty otherwise)."""
     clip_id = row["clip_id"]
-    record = read_clip(row["npz_uri"], extras=(), max_bytes=max_npz_bytes)
+    record = read_clip(row["npz_uri"], extras=(VIDEO_FORMAT_EXTRA,), max_bytes=max_npz_bytes)
     if record.name != clip_id:
         raise ValueError(f"clip {clip_id!r}: npz names itself {record.name!r}")
+    fmt = carried_format(record)
     if row["videos_root"]:
-        video_uri = find_video(row["videos_root"], record.video_id, clip_id, "decode")
-        left, right = rectify_clip(record, video_uri)
+        video = find_raw_video(row["videos_root"], record, "decode")
+        fmt = video.format
+        left, right = rectify_clip(record, video)
+        _update_json(row, "metadata", {"video_format": fmt.to_json_dict()})
     else:
         left, right = (
             decode_first_frames(uri, record.num_frames, clip_id, "decode")
@@ -264,6 +275,8 @@ def decode_and_rectify(row: Row, max_npz_bytes: int = MAX_NPZ_BYTES, dense: bool
         camera2world=record.camera2world.astype(np.float32),
         rectified2rig=record.rectified2rig.astype(np.float32),
         fov_bounds=np.asarray(record.fov_bounds, np.float32),
+        baseline_m=fmt.baseline_m if fmt else STEREO_BASELINE_M,
+        video_format=fmt.to_json() if fmt else "",
         left=left,
         right=right,
         dense_left=b"",
@@ -279,7 +292,9 @@ def decode_and_rectify(row: Row, max_npz_bytes: int = MAX_NPZ_BYTES, dense: bool
 def stereo_depth(row: Row, matcher: StereoMatcher) -> Row:
     """Stereo flow both ways → metric depth [T,S,S] (0 = invalid); flows not kept."""
     flow_fwd, flow_bwd = matcher(row["left"], row["right"])
-    depth, _ = depth_from_flow(flow_fwd, flow_bwd, hfov_deg=RECTIFIED_HFOV_DEG)
+    depth, _ = depth_from_flow(
+        flow_fwd, flow_bwd, hfov_deg=RECTIFIED_HFOV_DEG, baseline_m=float(row["baseline_m"])
+    )
     row["depth"] = depth
     record_model(row, "stereo", matcher)
     return row
@@ -440,11 +455,11 @@ def optimize_rows(
         # with no point left is not data, so it is not written
         kept = mask.any(axis=1)
         if kept.sum() < min_tracks:
-            error = TooFewTracksError(
+            too_few = TooFewTracksError(
                 f"clip {row['clip_id']!r}: {int(kept.sum())} tracks keep a point under the "
                 f"optimiser's mask, fewer than the minimum {min_tracks}"
             )
-            out.append(mark_failed(row, stage, error))
+            out.append(mark_failed(row, stage, too_few))
             continue
         for column in PER_TRACK_COLUMNS:
             row[column] = row[column][kept]
@@ -546,7 +561,7 @@ def write_rows(rows: Sequence[Row], output_root: str) -> list[Row]:
                         row["dense_left"],
                         row["dense_right"],
                         row["dense_depth"],
-                        camera_json(shape[0], shape[2]),
+                        camera_json(shape[0], shape[2], baseline_m=float(row["baseline_m"])),
                     )
                 record = build_clip_record(
                     name=row["clip_id"],
@@ -563,6 +578,7 @@ def write_rows(rows: Sequence[Row], output_root: str) -> list[Row]:
                     stage_timings=json.loads(row["timings"]),
                     metadata=json.loads(row["metadata"]),
                     dense_files=dense_files,
+                    video_format=row["video_format"],
                 )
                 write_clip_npz(record, output_root)
                 _update_json(row, "timings", {"write": round(time.perf_counter() - start, 4)})

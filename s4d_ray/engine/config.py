@@ -139,7 +139,7 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _check_type(key: str, value: Any, annotation: str) -> None:
+def _check_type(key: str, value: Any, annotation: object) -> None:
     """`value` against a simple annotation string ('int', 'float | None', ...); other
     annotations are not checked here."""
     kinds = {part.strip() for part in str(annotation).split("|")}
@@ -184,7 +184,7 @@ def model_parameters(stage: str, backend: str) -> dict[str, inspect.Parameter]:
     if stage == "stereo":
         from s4d_ray.stages.stereo import SEARAFTStereo, SGBMStereo
 
-        cls: type = SGBMStereo if backend == "cpu" else SEARAFTStereo
+        cls: type[object] = SGBMStereo if backend == "cpu" else SEARAFTStereo
         neural_only: frozenset[str] = frozenset()
     elif stage == "tracking":
         from s4d_ray.stages.tracking import Tracker

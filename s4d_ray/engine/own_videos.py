@@ -92,6 +92,13 @@ def _gather(pending: dict, timeout_s: float) -> tuple[list[VideoOutcome], list[C
     return outcomes, failures
 
 
+def _prepare_task(
+    video_uri: str, video_id: str, output_uri: str, config: OwnVideoConfig
+) -> VideoOutcome:
+    """One video's Ray task: `prepare_video` with every argument given."""
+    return prepare_video(video_uri, video_id, output_uri, config)
+
+
 def prepare_videos(videos: str, output: str, config: OwnVideoConfig) -> PreparedVideos:
     """Prepare every video under `videos` in Ray tasks (Ray must be initialised). A video
     whose task fails or times out is one failure row; the other videos go on."""
@@ -103,7 +110,7 @@ def prepare_videos(videos: str, output: str, config: OwnVideoConfig) -> Prepared
             f"no video ({', '.join(VIDEO_SUFFIXES)}) under {videos!r} "
             "(own-video mode: --videos without --npz)"
         )
-    task = ray.remote(num_cpus=PREPARE_CPUS, max_retries=1)(prepare_video)
+    task = ray.remote(_prepare_task).options(num_cpus=PREPARE_CPUS, max_retries=1)
     pending = {task.remote(uri, video_id, output, config): video_id for video_id, uri in listed}
     outcomes, failures = _gather(pending, config.timeout_s)
     failures += [

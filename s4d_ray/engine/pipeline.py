@@ -68,7 +68,8 @@ def _arrow_filesystem(filesystem: fsspec.AbstractFileSystem) -> pafs.FileSystem:
     wrapped (gcsfs with its emulator and anonymous-access options, memory://)."""
     if isinstance(filesystem, LocalFileSystem):
         return pafs.LocalFileSystem()
-    return pafs.PyFileSystem(pafs.FSSpecHandler(filesystem))
+    # pyarrow-stubs declare FSSpecHandler abstract; it implements every handler method
+    return pafs.PyFileSystem(pafs.FSSpecHandler(filesystem))  # type: ignore[abstract]
 
 
 SHARDS_PER_READ = 1000
@@ -97,7 +98,8 @@ def clip_ids_in_shards(folder: str) -> set[str]:
             format=pads.ParquetFileFormat(),
             filesystem=arrow_fs,
         )
-        names.update(dataset.to_table(columns=["name"]).column("name").to_pylist())
+        column = dataset.to_table(columns=["name"]).column("name")
+        names.update(name for name in column.to_pylist() if name is not None)  # no null ids
     return names
 
 
@@ -117,10 +119,10 @@ def build_dataset(rows: list[Row], config: PipelineConfig, output: str):
     """The streamed dataset of the whole pipeline, one operator per entry of the stage list;
     iterating it yields one summary row per clip (the write stage's output)."""
     import ray.data
-    from ray.data import ActorPoolStrategy
+    from ray.data import ActorPoolStrategy, Dataset
 
     job = Job(config, output)
-    ds = ray.data.from_items(rows, override_num_blocks=max(len(rows), 1))
+    ds: Dataset = ray.data.from_items(rows, override_num_blocks=max(len(rows), 1))
     for spec in STAGES:
         res = config.resources(spec.name)
         options: dict[str, Any] = {"num_cpus": res.num_cpus}
@@ -137,6 +139,7 @@ def build_dataset(rows: list[Row], config: PipelineConfig, output: str):
         else:
             fn = task_function(spec.name, job)
         if spec.kind == REDUCER:
+            assert spec.batch_size is not None  # every reducer declares one
             ds = ds.map_batches(
                 fn, batch_size=spec.batch_size(config), batch_format="numpy", **options
             )

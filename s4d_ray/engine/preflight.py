@@ -217,7 +217,7 @@ def _check_pipeline_fits(
             for name, res in config.stages.items()
             if name not in pool_stages and getattr(res, field)
         }
-        largest_task = max(tasks, key=tasks.get, default=None)
+        largest_task = max(tasks, key=tasks.__getitem__, default=None)
         needed = sum(pools.values()) + (tasks[largest_task] if largest_task else 0.0)
         has = float(total.get(key, 0))
         if needed <= has + 1e-9:

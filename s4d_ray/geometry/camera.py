@@ -11,6 +11,7 @@ lat = asin(y) for a unit ray.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 STEREO_BASELINE_M = 0.063
 RECTIFIED_SIZE = 512
@@ -94,11 +95,11 @@ def perspective_crop_map(
     return rays_to_equirect(perspective_rays(out_size, out_size, hfov_deg), fov_bounds, equirect_hw)
 
 
-def rotation_matrix(axis: np.ndarray, angle_rad: float) -> np.ndarray:
+def rotation_matrix(axis: ArrayLike, angle_rad: float) -> np.ndarray:
     """[3,3] rotation by `angle_rad` about `axis` (Rodrigues)."""
-    axis = np.asarray(axis, dtype=np.float64)
-    axis = axis / np.linalg.norm(axis)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    vector = np.asarray(axis, dtype=np.float64)
+    u = vector / np.linalg.norm(vector)
+    k = np.array([[0, -u[2], u[1]], [u[2], 0, -u[0]], [-u[1], u[0], 0]])
     return np.eye(3) + np.sin(angle_rad) * k + (1 - np.cos(angle_rad)) * (k @ k)
 
 

@@ -1,9 +1,11 @@
-"""Rectification: raw side-by-side VR180 equirect video → 512×512 rectified perspective views.
+"""Rectification: raw VR180 stereo video → 512×512 rectified perspective views.
 
 The reference rectifies each whole equirect eye (a full-resolution remap by `rectified2rig`),
 then crops a perspective view (a second full remap), recomputing both maps and seeking per frame.
-Here the two maps are composed into one 512×512 lookup per eye, computed once per clip, and the
-needed frames are decoded sequentially (one seek per clip). No torch or Ray on this path.
+Here the two maps are composed into one 512×512 lookup per eye into the whole raw frame, for
+any layout and projection the video's `StereoFormat` names (`geometry/vr180.py`), computed once
+per clip, and the needed frames are decoded sequentially (one seek per clip). No torch or Ray on
+this path.
 """
 
 from __future__ import annotations
@@ -21,16 +23,17 @@ from s4d_ray.errors import VideoError
 from s4d_ray.geometry.camera import (
     RECTIFIED_HFOV_DEG,
     RECTIFIED_SIZE,
-    composed_rectify_map,
     equirect_rectification_map,
     perspective_crop_map,
 )
+from s4d_ray.geometry.vr180 import eye_hw, rectify_map
 from s4d_ray.io import fs
 from s4d_ray.io.clip_io import ClipRecord, read_clip
 from s4d_ray.io.ids import validate_clip_id
 from s4d_ray.io.overlap import check_output
+from s4d_ray.io.stereo_format import StereoFormat
 from s4d_ray.io.video import decode_frames_at, probe_video, write_video
-from s4d_ray.io.video_lookup import find_video
+from s4d_ray.io.video_lookup import VIDEO_FORMAT_EXTRA, RawVideo, find_raw_video
 
 log = logging.getLogger(__name__)
 
@@ -44,28 +47,39 @@ class LowResolutionWarning(UserWarning):
 
 @dataclass(frozen=True)
 class RectifyMaps:
-    """Composed remaps per eye: (map_x, map_y) float32 [S,S] into that eye's equirect half."""
+    """Composed remaps per eye: (map_x, map_y) float32 [S,S] into the whole raw frame."""
 
     left: tuple[np.ndarray, np.ndarray]
     right: tuple[np.ndarray, np.ndarray]
-    eye_width: int
 
 
-def check_vr180_frame_size(width: int, height: int, clip_id: str) -> None:
-    """Reject what cannot be side-by-side VR180 equirect; warn below 1920 lines."""
-    if width <= 0 or height <= 0 or width % 2:
-        raise VideoError(clip_id, STAGE, f"{width}x{height} is not a side-by-side stereo frame")
-    aspect = (width / 2) / height
-    if not 0.75 <= aspect <= 1.34:
+def check_vr180_frame_size(
+    width: int, height: int, clip_id: str, fmt: StereoFormat | None = None
+) -> None:
+    """Reject a frame that cannot hold two eyes of `fmt` (default: side-by-side 180°
+    equirect): odd split, or eyes whose shape is far from their field's (more than the 16:9
+    squeeze of YouTube's 3840×2160 side-by-side streams); warn when an eye is below 1920 px
+    on its longer side."""
+    fmt = fmt or StereoFormat()
+    split = width if fmt.layout in ("left-right", "right-left") else height
+    if width <= 0 or height <= 0 or split % 2:
+        raise VideoError(clip_id, STAGE, f"{width}x{height} is not a {fmt.layout} stereo frame")
+    eye_h, eye_w = eye_hw(fmt, (height, width))
+    yaw0, yaw1, tilt0, tilt1 = fmt.fov_bounds
+    field_aspect = (yaw1 - yaw0) / (tilt1 - tilt0)
+    squeeze = (eye_w / eye_h) / field_aspect
+    if not 0.75 <= squeeze <= 1.34:
         raise VideoError(
             clip_id,
             STAGE,
-            f"{width}x{height} is not VR180 side-by-side equirect "
-            f"(each eye should be about square, got {width // 2}x{height})",
+            f"{width}x{height} is not {fmt.describe()}: each eye is {eye_w}x{eye_h} px for a "
+            f"field of {yaw1 - yaw0:g}°×{tilt1 - tilt0:g}° (pixels {squeeze:.2f} times wider "
+            "than tall)",
         )
-    if height < MIN_VR180_HEIGHT:
+    if max(eye_h, eye_w) < MIN_VR180_HEIGHT:
         warnings.warn(
-            f"clip {clip_id}: raw video is {width}x{height}, below {MIN_VR180_HEIGHT} lines; "
+            f"clip {clip_id}: raw video is {width}x{height}, eyes of {eye_w}x{eye_h} px, "
+            f"below {MIN_VR180_HEIGHT} lines; "
             "low-resolution downloads are a known source of bad tracks",
             LowResolutionWarning,
             stacklevel=2,
@@ -75,25 +89,30 @@ def check_vr180_frame_size(width: int, height: int, clip_id: str) -> None:
 def rectify_maps(
     record: ClipRecord,
     frame_hw: tuple[int, int],
+    fmt: StereoFormat | None = None,
     out_size: int = RECTIFIED_SIZE,
     hfov_deg: float = RECTIFIED_HFOV_DEG,
 ) -> RectifyMaps:
-    """Per-eye composed maps for a clip's raw frames of size `frame_hw` (whole SBS frame)."""
-    height, width = frame_hw
-    eye_hw = (height, width // 2)
+    """Per-eye composed maps for a clip's raw frames of `frame_hw` (the whole frame) packed
+    as `fmt` (default: side-by-side equirect over the record's `fov_bounds`)."""
+    fmt = fmt or release_format(record)
     left, right = (
-        composed_rectify_map(
-            record.rectified2rig[eye], record.fov_bounds, eye_hw, out_size, hfov_deg
-        )
+        rectify_map(fmt, eye, record.rectified2rig[eye], frame_hw, out_size, hfov_deg)
         for eye in range(2)
     )
-    return RectifyMaps(left=left, right=right, eye_width=width // 2)
+    return RectifyMaps(left=left, right=right)
 
 
-def remap_eye(eye_image: np.ndarray, eye_map: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+def release_format(record: ClipRecord) -> StereoFormat:
+    """The release's packing: side-by-side equirect over the record's `fov_bounds`."""
+    left, right, top, bottom = (float(b) for b in record.fov_bounds)  # [4], validated
+    return StereoFormat(fov_bounds=(left, right, top, bottom))
+
+
+def remap_eye(image: np.ndarray, eye_map: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Bilinear lookup with a black border, as the reference's cv2.remap calls."""
     return cv2.remap(
-        eye_image,
+        image,
         eye_map[0],
         eye_map[1],
         interpolation=cv2.INTER_LINEAR,
@@ -103,28 +122,30 @@ def remap_eye(eye_image: np.ndarray, eye_map: tuple[np.ndarray, np.ndarray]) -> 
 
 
 def rectify_frame(frame: np.ndarray, maps: RectifyMaps) -> tuple[np.ndarray, np.ndarray]:
-    """One raw SBS frame [H,2W,3] → (left, right) rectified views [S,S,3] uint8."""
-    w = maps.eye_width
-    return remap_eye(frame[:, :w], maps.left), remap_eye(frame[:, w:], maps.right)
+    """One raw frame [H,W,3] → (left, right) rectified views [S,S,3] uint8."""
+    return remap_eye(frame, maps.left), remap_eye(frame, maps.right)
 
 
 def iter_rectified(
     record: ClipRecord,
-    video_uri: str,
+    video: RawVideo | str,
     out_size: int = RECTIFIED_SIZE,
     hfov_deg: float = RECTIFIED_HFOV_DEG,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (left, right) rectified frames [S,S,3] for each of the clip's timestamps."""
-    info = probe_video(video_uri, record.name, STAGE)
-    check_vr180_frame_size(info.width, info.height, record.name)
-    maps = rectify_maps(record, (info.height, info.width), out_size, hfov_deg)
-    for frame in decode_frames_at(video_uri, record.timestamps, record.name, STAGE):
+    """Yield (left, right) rectified frames [S,S,3] for each of the clip's timestamps; a bare
+    URI is read as the release's side-by-side equirect."""
+    if isinstance(video, str):
+        video = RawVideo(video, release_format(record))
+    info = probe_video(video.uri, record.name, STAGE)
+    check_vr180_frame_size(info.width, info.height, record.name, video.format)
+    maps = rectify_maps(record, (info.height, info.width), video.format, out_size, hfov_deg)
+    for frame in decode_frames_at(video.uri, record.timestamps, record.name, STAGE):
         yield rectify_frame(frame, maps)
 
 
 def rectify_clip(
     record: ClipRecord,
-    video_uri: str,
+    video: RawVideo | str,
     out_size: int = RECTIFIED_SIZE,
     hfov_deg: float = RECTIFIED_HFOV_DEG,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -132,7 +153,7 @@ def rectify_clip(
     left = np.empty((record.num_frames, out_size, out_size, 3), np.uint8)
     right = np.empty_like(left)
     count = 0
-    for i, (l_img, r_img) in enumerate(iter_rectified(record, video_uri, out_size, hfov_deg)):
+    for i, (l_img, r_img) in enumerate(iter_rectified(record, video, out_size, hfov_deg)):
         left[i], right[i] = l_img, r_img
         count += 1
     if count != record.num_frames:
@@ -223,16 +244,16 @@ def rectify_to_files(
     output_hfov: float = RECTIFIED_HFOV_DEG,
     fps: float = 30.0,
 ) -> tuple[str, str]:
-    """`s4d rectify`: read `<npz>/<id>.npz` and `<raw>/<video_id>.mp4`, write the two mp4s."""
+    """`s4d rectify`: read `<npz>/<id>.npz` and the clip's raw video, write the two mp4s."""
     validate_clip_id(clip_id)
     if not 0.0 < output_hfov < 180.0:  # also refuses NaN (which rendered black videos)
         raise ValueError(f"output_hfov must be in (0, 180) degrees, got {output_hfov}")
     check_output(
         output_folder, {"--npz_folder": npz_folder, "--raw_video_folder": raw_video_folder}
     )
-    record = read_clip(fs.join(npz_folder, f"{clip_id}.npz"), extras=())
-    video_uri = find_video(raw_video_folder, record.video_id, clip_id, "rectify")
-    left, right = rectify_clip(record, video_uri, hfov_deg=output_hfov)
+    record = read_clip(fs.join(npz_folder, f"{clip_id}.npz"), extras=(VIDEO_FORMAT_EXTRA,))
+    video = find_raw_video(raw_video_folder, record, "rectify")
+    left, right = rectify_clip(record, video, hfov_deg=output_hfov)
     left_uri, right_uri = rectified_video_uris(output_folder, clip_id)
     write_video(left_uri, left, fps=fps)
     write_video(right_uri, right, fps=fps)

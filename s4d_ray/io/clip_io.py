@@ -16,7 +16,7 @@ import math
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -238,7 +238,7 @@ class ClipRecord:
         missing = [k for k in RELEASE_FIELDS if k not in arrays]
         if missing:
             raise ClipValidationError(clip_hint, missing[0], f"missing from {source or 'npz'}")
-        kwargs = {k: arrays[k] for k in RELEASE_FIELDS}
+        kwargs: dict[str, Any] = {k: arrays[k] for k in RELEASE_FIELDS}
         kwargs["name"] = str(kwargs["name"])
         kwargs["video_id"] = str(kwargs["video_id"])
         extras = {k: v for k, v in arrays.items() if k not in RELEASE_FIELDS}
@@ -370,5 +370,7 @@ def write_clip(record: ClipRecord, uri: str, compress: bool = True) -> None:
     """Validate and write the record as a release npz to any fsspec URI, atomically."""
     record.validate()
     buf = io.BytesIO()
-    (np.savez_compressed if compress else np.savez)(buf, **record.to_arrays())
+    # Any: numpy's stubs would match a member named like a keyword (allow_pickle) to it
+    arrays: dict[str, Any] = record.to_arrays()
+    (np.savez_compressed if compress else np.savez)(buf, **arrays)
     fs.write_bytes(uri, buf.getvalue())

@@ -160,7 +160,7 @@ def decode_frames(
     _, max_bytes, _ = dense_limits()
     frames: list[np.ndarray] = []
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(io.BytesIO(data), "r") as container:
             if not container.streams.video:
                 raise DenseOutputError(f"{label}: no video stream")
             stream = container.streams.video[0]
@@ -216,7 +216,8 @@ def depth_shape(data: bytes, label: str = "") -> tuple[int, int, int]:
         raise DenseOutputError(f"{label}: corrupt depth file: {type(e).__name__}: {e}") from e
     if len(shape) != 3:
         raise DenseOutputError(f"{label}: depth must be [T,H,W], got {shape}")
-    return tuple(int(n) for n in shape)
+    frames, height, width = (int(n) for n in shape)
+    return frames, height, width
 
 
 def decode_depth(
@@ -255,15 +256,21 @@ def decode_depth(
 # --- camera ------------------------------------------------------------------------------
 
 
-def camera_json(num_frames: int, size: int, hfov_deg: float = RECTIFIED_HFOV_DEG) -> str:
-    """The camera description of a clip's dense outputs (square rectified views)."""
+def camera_json(
+    num_frames: int,
+    size: int,
+    hfov_deg: float = RECTIFIED_HFOV_DEG,
+    baseline_m: float = STEREO_BASELINE_M,
+) -> str:
+    """The camera description of a clip's dense outputs (square rectified views; the rig's
+    baseline in metres, the video's own)."""
     return json.dumps(
         {
             "intrinsics": intrinsics(size, size, hfov_deg).tolist(),
             "width": size,
             "height": size,
             "hfov_deg": hfov_deg,
-            "baseline_m": STEREO_BASELINE_M,
+            "baseline_m": float(baseline_m),
             "num_frames": int(num_frames),
             "frames": {"codec": "h264", "pix_fmt": "yuv420p", "crf": VIDEO_CRF, "fps": VIDEO_FPS},
             "depth": {"dtype": "float16", "unit": "m", "invalid": 0},

@@ -72,6 +72,14 @@ def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
     return data
 
 
+def open_input(uri: str) -> IO[bytes]:
+    """A seekable binary file object of an input that must be a regular file or an object
+    with a size (see `input_size`); for readers that seek through headers."""
+    input_size(uri)
+    fs, path = filesystem(uri)
+    return fs.open(path, "rb")
+
+
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
     return fs.exists(path)

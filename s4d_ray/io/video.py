@@ -18,6 +18,7 @@ from typing import Any
 
 import av
 import numpy as np
+from av.video.stream import VideoStream
 
 from s4d_ray.errors import VideoError
 from s4d_ray.io import fs
@@ -189,9 +190,17 @@ def decode_first_frames(
 
 
 def write_video(
-    uri: str, frames: Iterable[np.ndarray], fps: float = 30.0, crf: int = 18, codec: str = "libx264"
+    uri: str,
+    frames: Iterable[np.ndarray],
+    fps: float = 30.0,
+    crf: int = 18,
+    codec: str = "libx264",
+    muxer: str = "mp4",
+    stream_metadata: dict[str, str] | None = None,
 ) -> int:
-    """Encode RGB frames [H,W,3] uint8 to H.264 (yuv420p) at `uri` (any fsspec URI, atomic).
+    """Encode RGB frames [H,W,3] uint8 (yuv420p; H.264 in mp4 by default, any FFmpeg
+    `codec` and `muxer`, e.g. libvpx-vp9 in webm) at `uri` (any fsspec URI, atomic), with
+    `stream_metadata` tags on the video stream (Matroska maps `stereo_mode` to StereoMode).
 
     Returns the number of frames written.
     """
@@ -201,14 +210,24 @@ def write_video(
     if folder:
         os.makedirs(folder, exist_ok=True)
     # `.tmp-…mp4.partial`: a killed encoder's leftover is never listed, never looks like a video
-    fd, tmp = tempfile.mkstemp(prefix=fs.TEMP_PREFIX, suffix=".mp4" + fs.TEMP_SUFFIX, dir=folder)
+    suffix = "." + uri.rsplit(".", 1)[-1] if "." in uri.rsplit("/", 1)[-1] else ".mp4"
+    fd, tmp = tempfile.mkstemp(prefix=fs.TEMP_PREFIX, suffix=suffix + fs.TEMP_SUFFIX, dir=folder)
     os.close(fd)
     count = 0
     try:
-        with av.open(tmp, "w", format="mp4") as container:
+        with av.open(tmp, "w", format=muxer) as container:
             stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+            assert isinstance(stream, VideoStream), f"{codec} is not a video codec"
             stream.pix_fmt = "yuv420p"
             stream.options = {"crf": str(crf)}
+            if codec == "libvpx-vp9":  # constant quality, fast enough for tests on 2 cores
+                stream.options = {
+                    "crf": str(crf),
+                    "b": "0",
+                    "deadline": "realtime",
+                    "cpu-used": "8",
+                }
+            stream.metadata.update(stream_metadata or {})
             for image in frames:
                 if count == 0:
                     stream.height, stream.width = image.shape[:2]

@@ -7,21 +7,38 @@ Accepted: `.mp4 .mov .mkv .webm` in any letter case (`UPPER.MP4` too). The id of
   short hash of the whole name is appended when anything was changed or cut, so that
   `IMG 0001.MOV` and `IMG_0001.MOV` stay two videos.
 Two files giving one id are refused naming both (`DuplicateVideoError`), never picked at
-random. A release clip finds its video by `video_id` through `find_video`.
+random. A release clip finds its video by `video_id` through `find_video`, and with its
+stereo packing (`StereoFormat`) through `find_raw_video`, the one lookup every stage and tool
+that reads raw video uses.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import posixpath
 import re
+from dataclasses import dataclass
+from typing import Any
 
 from s4d_ray.errors import InputError, VideoError
 from s4d_ray.io import fs
 from s4d_ray.io.ids import VIDEO_ID_RE, validate_video_id
+from s4d_ray.io.spherical import SphericalMetadataError, read_spherical_metadata
+from s4d_ray.io.stereo_format import (
+    StereoFormat,
+    StereoFormatError,
+    as_bounds,
+    metadata_values,
+    read_sidecar,
+    resolve_format,
+)
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm")
 """Containers read as raw videos (compared in lower case)."""
+
+VIDEO_FORMAT_EXTRA = "video_format"
+"""The npz extra (a JSON string) carrying the StereoFormat decided for the clip's video."""
 
 _YT_DLP_ID = re.compile(r"\[([A-Za-z0-9_-]{1,64})\]$")
 _NOT_ID = re.compile(r"[^A-Za-z0-9_-]+")
@@ -95,3 +112,52 @@ def find_video(folder: str, video_id: str, label: str = "", stage: str = "decode
             f"'<title> [{video_id}].<ext>' with <ext> one of {', '.join(VIDEO_SUFFIXES)})",
         )
     return videos[video_id]
+
+
+@dataclass(frozen=True)
+class RawVideo:
+    """A raw video file and how its two eyes are packed."""
+
+    uri: str
+    format: StereoFormat
+
+
+def declared_format_values(uri: str) -> list[tuple[str, dict[str, Any]]]:
+    """[('sidecar', values), ('metadata', values)] of a raw video, highest precedence first
+    (headers only: nothing is decoded). StereoFormatError naming the file when either says
+    something unusable."""
+    try:
+        with fs.open_input(uri) as handle:
+            metadata = read_spherical_metadata(handle)
+    except SphericalMetadataError as e:
+        raise StereoFormatError(f"{uri!r}: unreadable spherical metadata: {e}") from None
+    sidecar = read_sidecar(uri)
+    # a sidecar's projection settles it; otherwise the release's bounds do (release mode)
+    return [("sidecar", sidecar), ("metadata", metadata_values(metadata, uri, False))]
+
+
+def carried_format(record: Any) -> StereoFormat | None:
+    """The StereoFormat a clip record carries (npz extra `video_format`), if any."""
+    text = record.extras.get(VIDEO_FORMAT_EXTRA)
+    if text is None:
+        return None
+    return StereoFormat.from_json(str(text), f"clip {record.name!r} {VIDEO_FORMAT_EXTRA}")
+
+
+def find_raw_video(folder: str, record: Any, stage: str = "decode") -> RawVideo:
+    """A clip record's raw video and its packing: the format the clip carries (decided when
+    an own video was prepared), else the video's sidecar, else its metadata, else the
+    release's side-by-side equirect over the record's `fov_bounds` (source 'release').
+    VideoError naming the clip and `stage` when the video is missing or its format unusable."""
+    uri = find_video(folder, record.video_id, record.name, stage)
+    try:
+        carried = carried_format(record)
+        if carried is not None:
+            return RawVideo(uri, carried)
+        release = StereoFormat(
+            fov_bounds=as_bounds(record.fov_bounds),
+            sources={"fov_bounds": "release"},
+        )
+        return RawVideo(uri, resolve_format(declared_format_values(uri), uri, release))
+    except (StereoFormatError, json.JSONDecodeError) as e:
+        raise VideoError(record.name, stage, str(e)) from None

@@ -27,7 +27,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -85,6 +85,7 @@ def build_clip_record(
     stage_timings: Mapping[str, float],
     metadata: Mapping[str, Any],
     dense_files: Mapping[str, str] | None = None,
+    video_format: str = "",
 ) -> ClipRecord:
     """A validated release record with our extras.
 
@@ -94,6 +95,8 @@ def build_clip_record(
         stage_timings: seconds per stage. metadata: model versions, backends (JSON-able).
         dense_files: with `--dense`, the clip's dense files relative to the output root
             (`io.dense`), stored as the JSON extra `dense_files`.
+        video_format: the raw video's StereoFormat as JSON (`io.stereo_format`), stored as
+            the extra `video_format` so tools that re-read the video read it the same way.
     """
     num_tracks, num_frames = np.shape(track_mask)
     expected = {
@@ -128,6 +131,7 @@ def build_clip_record(
             "stage_timings": json_text({k: float(v) for k, v in stage_timings.items()}),
             "metadata": json_text(metadata),
             **({"dense_files": json_text(dense_files)} if dense_files else {}),
+            **({"video_format": np.asarray(video_format)} if video_format else {}),
         },
     )
     return record.validate()
@@ -182,7 +186,9 @@ def clips_to_table(records: Sequence[ClipRecord]) -> pa.Table:
         flat = [a.reshape(-1) for a in arrays]
         offsets = np.concatenate([[0], np.cumsum([f.size for f in flat])]).astype(np.int64)
         values = pa.array(np.concatenate(flat), type=pa.from_numpy_dtype(dtypes.pop()))
-        columns[field_name] = pa.LargeListArray.from_arrays(pa.array(offsets), values)
+        columns[field_name] = pa.LargeListArray.from_arrays(
+            pa.array(offsets, type=pa.int64()), values
+        )
     shapes = [
         json.dumps({k: list(v.shape) for k, v in row.items() if not _is_text(v)}) for row in rows
     ]
@@ -191,11 +197,11 @@ def clips_to_table(records: Sequence[ClipRecord]) -> pa.Table:
     for name in QA_COLUMNS:  # per-clip quality figures, for filtering clips (s4d_ray.io.qa)
         if name in columns:
             raise ValueError(f"field {name!r} clashes with the QA column of that name")
-        values = [q[name] for q in qa]
+        figures = [q[name] for q in qa]
         columns[name] = (
-            pa.array(values, type=pa.large_list(pa.int64()))
+            pa.array(figures, type=pa.large_list(pa.int64()))
             if name == "depth_histogram"
-            else pa.array(values)
+            else pa.array(figures)
         )
     table = pa.table(columns)
     return table.replace_schema_metadata({SHAPES_METADATA_KEY: json.dumps(FIELD_SHAPES).encode()})
@@ -203,7 +209,8 @@ def clips_to_table(records: Sequence[ClipRecord]) -> pa.Table:
 
 def table_to_clips(table: pa.Table) -> list[ClipRecord]:
     """Inverse of `clips_to_table`: validated records, arrays in their stored dtypes."""
-    shapes = [json.loads(s) for s in table.column(SHAPES_COLUMN).to_pylist()]
+    # clips_to_table writes the shapes as non-null strings
+    shapes = [json.loads(cast(str, s)) for s in table.column(SHAPES_COLUMN).to_pylist()]
     rows: list[dict[str, np.ndarray]] = [{} for _ in range(table.num_rows)]
     for field_name in table.column_names:
         if field_name == SHAPES_COLUMN or field_name in QA_COLUMNS:
@@ -213,6 +220,8 @@ def table_to_clips(table: pa.Table) -> list[ClipRecord]:
             for row, text in zip(rows, column.to_pylist(), strict=True):
                 row[field_name] = np.array(text)
             continue
+        # every other column is written as a LargeListArray (a ListArray reads the same way)
+        assert isinstance(column, pa.ListArray | pa.LargeListArray), column.type
         offsets = column.offsets.to_numpy()
         values = column.values.to_numpy(zero_copy_only=False)
         for i, row in enumerate(rows):

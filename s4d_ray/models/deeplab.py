@@ -32,6 +32,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -84,6 +85,9 @@ class DeepLabConfig:
 
 class FrozenBatchNorm(nn.Module):
     """Inference batch norm: `gamma * (x - mean) / sqrt(var + eps) + beta` per channel."""
+
+    running_mean: torch.Tensor  # buffers, registered in __init__
+    running_var: torch.Tensor
 
     def __init__(self, channels: int, eps: float):
         super().__init__()
@@ -522,11 +526,11 @@ def _infer_config(graph, consts: dict, num_classes: int) -> DeepLabConfig:
     output_stride = 8 * entry_unit[0] * exit_unit[0]
     if output_stride not in ASPP_RATES:
         raise CheckpointError(f"unsupported output stride {output_stride} in the frozen graph")
-    rates = []
+    rates: list[int] = []
     for index, default in enumerate(ASPP_RATES[output_stride], 1):
         found = _layer_stride_and_rate(nodes, consts, f"aspp{index}_depthwise")
         rates.append(found[1] if found else default)
-    return DeepLabConfig(output_stride, tuple(rates), num_classes)
+    return DeepLabConfig(output_stride, (rates[0], rates[1], rates[2]), num_classes)
 
 
 def read_frozen_graph(uri: str) -> tuple[dict[str, torch.Tensor], DeepLabConfig]:
@@ -537,7 +541,8 @@ def read_frozen_graph(uri: str) -> tuple[dict[str, torch.Tensor], DeepLabConfig]
     path = checkpoint_file(uri)
     graph = _parse_graph(_read_graph_bytes(path, uri), uri)
     expected = expected_official_shapes()
-    variables_pb, blocks_pb = {}, {}
+    variables_pb: dict[str, Any] = {}  # name -> TensorProto (tensorboard's protos are untyped)
+    blocks_pb: dict[str, Any] = {}
     for node in graph.node:
         if node.op != "Const":
             continue
@@ -628,9 +633,10 @@ def _config_from_metadata(options: object) -> DeepLabConfig:
     rates = options.get("atrous_rates")
     if not isinstance(rates, list) or len(rates) != 3:
         raise ValueError(f"atrous_rates must be 3 integers, got {rates!r}")
+    rate1, rate2, rate3 = (integer(r, "atrous_rates", 1, MAX_ATROUS_RATE) for r in rates)
     return DeepLabConfig(
         stride,
-        tuple(integer(r, "atrous_rates", 1, MAX_ATROUS_RATE) for r in rates),
+        (rate1, rate2, rate3),
         integer(options.get("num_classes"), "num_classes", 1, MAX_CLASSES),
     )
 
@@ -741,7 +747,7 @@ def resize_frame(frame: np.ndarray, input_size: int = INPUT_SIZE) -> np.ndarray:
     size_hw = model_input_size(height, width, input_size)
     if size_hw == (height, width):
         return frame
-    resized = Image.fromarray(frame).resize((size_hw[1], size_hw[0]), Image.LANCZOS)
+    resized = Image.fromarray(frame).resize((size_hw[1], size_hw[0]), Image.Resampling.LANCZOS)
     return np.asarray(resized)
 
 

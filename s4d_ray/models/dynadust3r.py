@@ -36,7 +36,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -130,11 +130,11 @@ class DynaDUSt3RConfig:
                 f"pos_embed / rope_freq must be RoPE<frequency> with a finite frequency > 0, "
                 f"got {self.rope_freq!r}"
             )
-        low, high = self.conf_mode[1:]
+        conf_low, conf_high = self.conf_mode[1:]
         if not (
-            math.isfinite(low)
-            and high > low
-            and (math.isfinite(high) or self.conf_mode[0] == "exp")
+            math.isfinite(conf_low)
+            and conf_high > conf_low
+            and (math.isfinite(conf_high) or self.conf_mode[0] == "exp")
         ):
             raise ValueError(
                 f"conf_mode must have a finite minimum below its maximum (which only 'exp' may "
@@ -161,7 +161,10 @@ class DynaDUSt3RConfig:
         unknown = set(values) - names
         if unknown:
             raise ValueError(f"unknown config keys {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        kwargs: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
+        }
+        return cls(**kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,6 +486,9 @@ def _conf_from_raw(x: Tensor, mode: tuple[str, float, float]) -> Tensor:
 class DynaDUSt3R(nn.Module):
     """DUSt3R (ViT encoder, two cross-attending decoders, DPT pointmap heads) + motion heads."""
 
+    dec_blocks: nn.ModuleList  # both registered by name in __init__
+    dec_blocks2: nn.ModuleList
+
     def __init__(self, config: DynaDUSt3RConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or DynaDUSt3RConfig()
@@ -674,6 +680,11 @@ def _literal(node: ast.expr) -> Any:
     raise ValueError(f"not a literal: {ast.dump(node)}")
 
 
+def _mode(value: Any) -> tuple[str, float, float]:
+    """(kind, min, max) of a DUSt3R depth/conf mode; the config refuses a wrong length."""
+    return cast(tuple[str, float, float], (str(value[0]), *map(float, value[1:])))
+
+
 def config_from_dust3r_args(model_args: str) -> DynaDUSt3RConfig:
     """Parse DUSt3R's `args.model` constructor string without evaluating it.
 
@@ -691,9 +702,10 @@ def config_from_dust3r_args(model_args: str) -> DynaDUSt3RConfig:
             and not call.args
         ):
             raise ValueError("expected AsymmetricCroCo3DStereo(keyword=literal, ...)")
-        given = {kw.arg: _literal(kw.value) for kw in call.keywords}
-        if None in given:
+        pairs = [(kw.arg, _literal(kw.value)) for kw in call.keywords]
+        if any(name is None for name, _ in pairs):
             raise ValueError("**kwargs are not supported")
+        given = {name: value for name, value in pairs if name is not None}
         unknown = set(given) - set(_DUST3R_DEFAULTS) - _DUST3R_IGNORED
         if unknown:
             raise ValueError(f"unknown arguments {sorted(unknown)}")
@@ -721,8 +733,8 @@ def config_from_dust3r_args(model_args: str) -> DynaDUSt3RConfig:
             mlp_ratio=float(args["mlp_ratio"]),
             rope_freq=float(args["pos_embed"][len("RoPE") :]),
             norm_memory=bool(args["norm_im2_in_dec"]),
-            depth_mode=(str(args["depth_mode"][0]), *map(float, args["depth_mode"][1:])),
-            conf_mode=(str(args["conf_mode"][0]), *map(float, args["conf_mode"][1:])),
+            depth_mode=_mode(args["depth_mode"]),
+            conf_mode=_mode(args["conf_mode"]),
         )
     except (SyntaxError, ValueError, TypeError, IndexError) as e:
         raise CheckpointError(f"cannot use DUSt3R model args {model_args!r}: {e}") from e

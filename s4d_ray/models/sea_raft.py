@@ -322,7 +322,7 @@ class SEARAFT(nn.Module):
 
         def upsample(x: torch.Tensor) -> torch.Tensor:
             c = x.shape[1]
-            patches = F.unfold(x, [3, 3], padding=1).view(batch, c, 9, 1, 1, height, width)
+            patches = F.unfold(x, (3, 3), padding=1).view(batch, c, 9, 1, 1, height, width)
             up = torch.sum(weights * patches, dim=2).permute(0, 1, 4, 2, 5, 3)
             return up.reshape(batch, c, 8 * height, 8 * width)
 
@@ -361,7 +361,8 @@ class SEARAFT(nn.Module):
         if iters > 0:
             fmaps = self.fnet(torch.cat([image1, image2], dim=0))
             corr_pyramid = CorrPyramid(fmaps[:batch], fmaps[batch:], self.config.radius)
-            grid = coords_grid(batch, *flow_8x.shape[-2:], device=image1.device)
+            height_8x, width_8x = flow_8x.shape[-2:]
+            grid = coords_grid(batch, height_8x, width_8x, device=image1.device)
         for _ in range(iters):
             flow_8x = flow_8x.detach()
             corr = corr_pyramid.lookup((grid + flow_8x).detach())

@@ -19,7 +19,8 @@ at +0.5 (pixel i spans [i, i+1)).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,12 @@ class FeatureGrids(NamedTuple):
         )
 
 
+def _hw(size: Sequence[int]) -> tuple[int, int]:
+    """(H, W) as a tuple, from any 2-sequence (a list read from a config, a tuple)."""
+    h, w = size
+    return h, w
+
+
 def default_refinement_resolutions(
     video_hw: tuple[int, int], initial_hw: tuple[int, int]
 ) -> list[tuple[int, int]]:
@@ -66,15 +73,17 @@ def default_refinement_resolutions(
     256 training size gives [(256,256), (512,512)].
     """
     if tuple(video_hw) == tuple(initial_hw):
-        return [tuple(initial_hw)]
+        return [_hw(initial_hw)]
     ratio = max(v / i for v, i in zip(video_hw, initial_hw, strict=True))
     num_levels = math.ceil(math.log2(ratio)) + 1
     if num_levels <= 1:
-        return [tuple(initial_hw)]
+        return [_hw(initial_hw)]
     return [
-        tuple(
-            int(i * (v / i) ** (level / (num_levels - 1)) // 8) * 8
-            for v, i in zip(video_hw, initial_hw, strict=True)
+        _hw(
+            [
+                int(i * (v / i) ** (level / (num_levels - 1)) // 8) * 8
+                for v, i in zip(video_hw, initial_hw, strict=True)
+            ]
         )
         for level in range(num_levels)
     ]
@@ -194,8 +203,8 @@ class _ResNet(nn.Module):
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.initial_conv(F.pad(frames, (2, 4, 2, 4)))
         units = []
-        for group in self.block_groups:
-            for block in group["blocks"]:
+        for group in self.block_groups:  # ModuleDicts holding a ModuleList "blocks"
+            for block in cast(nn.ModuleList, cast(nn.ModuleDict, group)["blocks"]):
                 x = block(x)
             units.append(x)
         return units[1], units[3]
@@ -294,6 +303,7 @@ def _group_major(conv: nn.Conv1d, channels: int) -> tuple[torch.Tensor, torch.Te
     """A depthwise `Conv1d` with 4 outputs per input channel (output 4c+g) as per-tap weights
     [3,4,C] and bias [4,C]: group-major, so every tap is a contiguous multiply over channels."""
     weight = conv.weight.view(channels, 4, 3).permute(2, 1, 0).contiguous()
+    assert conv.bias is not None  # the mlp1 convs are built with a bias
     return weight, conv.bias.view(channels, 4).t().contiguous()
 
 
@@ -365,7 +375,7 @@ class TAPIR(nn.Module):
         self.pyramid_level = pyramid_level
         self.softmax_temperature = softmax_temperature
         self.num_pips_iter = num_pips_iter
-        self.initial_resolution = tuple(initial_resolution)
+        self.initial_resolution = _hw(initial_resolution)
         self.feature_extractor_chunk_size = feature_extractor_chunk_size
         self.resnet_torch = _ResNet()
         self.torch_cost_volume_track_mods = nn.ModuleDict(
@@ -407,7 +417,7 @@ class TAPIR(nn.Module):
         b, t, h, w, _ = video.shape
         if refinement_resolutions is None:
             refinement_resolutions = default_refinement_resolutions((h, w), self.initial_resolution)
-        resolutions = [self.initial_resolution, *(tuple(r) for r in refinement_resolutions)]
+        resolutions = [self.initial_resolution, *(_hw(r) for r in refinement_resolutions)]
         frames = video.reshape(b * t, h, w, 3).permute(0, 3, 1, 2)
         computed: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         for res in resolutions:
@@ -429,15 +439,16 @@ class TAPIR(nn.Module):
         if tuple(frames.shape[-2:]) != hw:
             frames = F.interpolate(frames, size=hw, mode="bilinear", align_corners=False)
         chunk = self.feature_extractor_chunk_size or frames.shape[0]
-        lowres, hires = [], []
+        lowres_chunks: list[torch.Tensor] = []
+        hires_chunks: list[torch.Tensor] = []
         for start in range(0, frames.shape[0], chunk):
             hi, lo = self.resnet_torch(frames[start : start + chunk])
             lo = lo.permute(0, 2, 3, 1)
             if self.extra_convs is not None:
                 lo = self.extra_convs(lo)
-            lowres.append(_l2_normalize(lo))
-            hires.append(_l2_normalize(hi.permute(0, 2, 3, 1)))
-        lowres, hires = torch.cat(lowres), torch.cat(hires)
+            lowres_chunks.append(_l2_normalize(lo))
+            hires_chunks.append(_l2_normalize(hi.permute(0, 2, 3, 1)))
+        lowres, hires = torch.cat(lowres_chunks), torch.cat(hires_chunks)
         return lowres.unflatten(0, (batch, -1)), hires.unflatten(0, (batch, -1))
 
     def track_with_grids(

@@ -28,7 +28,7 @@ import dataclasses
 import json
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, cast, overload
 
 import torch
 import torch.nn.functional as F
@@ -201,7 +201,8 @@ class _TransformerBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for attention, feed_forward in self.layers:
+        for layer in self.layers:
+            attention, feed_forward = cast(nn.ModuleList, layer)  # built in __init__
             x = x + attention(x)
             x = x + feed_forward(x)
         return self.norm(x)
@@ -255,6 +256,8 @@ def rotation_from_6d(vec: torch.Tensor) -> torch.Tensor:
 
 class TracksTo4D(nn.Module):
     """The TracksTo4D network; `forward(tracks [B,N,C,F])` returns a dict of tensors (see there)."""
+
+    frequencies: torch.Tensor  # buffer [P], registered in __init__
 
     def __init__(
         self,
@@ -426,6 +429,34 @@ def state_dict_problems(model: nn.Module, state: Mapping[str, torch.Tensor]) -> 
                 f"{len(items)} {label} ({', '.join(items[:4])}{' ...' * (len(items) > 4)})"
             )
     return problems
+
+
+@overload
+def load_tracksto4d(
+    uri: str,
+    config: TracksTo4DConfig | Mapping[str, Any] | str | None = None,
+    predict_focal_length: bool = False,
+    with_checkpoint: Literal[False] = False,
+) -> TracksTo4D: ...
+
+
+@overload
+def load_tracksto4d(
+    uri: str,
+    config: TracksTo4DConfig | Mapping[str, Any] | str | None = None,
+    predict_focal_length: bool = False,
+    *,
+    with_checkpoint: Literal[True],
+) -> tuple[TracksTo4D, dict[str, Any]]: ...
+
+
+@overload
+def load_tracksto4d(
+    uri: str,
+    config: TracksTo4DConfig | Mapping[str, Any] | str | None = None,
+    predict_focal_length: bool = False,
+    with_checkpoint: bool = False,
+) -> TracksTo4D | tuple[TracksTo4D, dict[str, Any]]: ...
 
 
 def load_tracksto4d(

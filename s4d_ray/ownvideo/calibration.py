@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import cv2
 import numpy as np
@@ -36,18 +37,25 @@ from s4d_ray.errors import StageError
 from s4d_ray.geometry.camera import (
     RECTIFIED_HFOV_DEG,
     RECTIFIED_SIZE,
-    composed_rectify_map,
-    equirect_rectification_map,
+    equirect_rays,
     focal_length_px,
 )
+from s4d_ray.geometry.vr180 import (
+    eye_box,
+    eye_hw,
+    eye_pixels_to_rays,
+    rays_to_eye_pixels,
+    rectify_map,
+)
 from s4d_ray.io import fs
+from s4d_ray.io.stereo_format import StereoFormat, as_bounds
 from s4d_ray.io.video import decode_frames_at
 
 log = logging.getLogger(__name__)
 
 STAGE = "calibration"
-CALIBRATION_VERSION = "ownvideo-calib-1"
-LK_PARAMS = {
+CALIBRATION_VERSION = "ownvideo-calib-2"
+LK_PARAMS: dict[str, Any] = {
     "winSize": (21, 21),
     "maxLevel": 3,
     "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 40, 0.003),
@@ -63,7 +71,16 @@ class CalibrationConfig:
     part of each eye matched; fb_threshold_px: forward-backward LK tolerance; loss_scale_px:
     soft-L1 scale; min_matches / min_match_fraction: below these the halves are not a stereo
     pair; max_median_vertical_px: above this after solving the calibration is rejected;
-    max_relative_rotation_deg: eyes rotated further apart than this are not a VR180 rig.
+    max_relative_rotation_deg: eyes rotated further apart than this are not a VR180 rig;
+    max_field_scale_error: refuse when the field of view that best explains the matches over
+    the whole field differs from the one assumed by more than this fraction, and the frames
+    agree on it: split into field_scale_groups groups, their estimates' standard deviation is
+    at most max_field_scale_spread (a wrong field is the same in every frame, measured
+    0.0007–0.002; a matcher biased by one scene's content is not, 0.012–0.043) or the rig
+    does not fit the matches either (median epipolar residual over max_unverified_residual_px:
+    a fisheye read as equirect, 0.56 px, against 0.08–0.23 px for right geometry);
+    min_disparity_px: matches whose horizontal disparity in the rectified pair is beyond this
+    count for the eye-order check (more behind than ahead: swapped eyes).
     """
 
     frames: int = 12
@@ -77,6 +94,11 @@ class CalibrationConfig:
     min_match_fraction: float = 0.3
     max_median_vertical_px: float = 1.0
     max_relative_rotation_deg: float = 5.0
+    max_field_scale_error: float = 0.03
+    field_scale_groups: int = 4
+    max_field_scale_spread: float = 0.01
+    max_unverified_residual_px: float = 0.4
+    min_disparity_px: float = 0.5
 
 
 @dataclass
@@ -86,7 +108,11 @@ class Calibration:
     rectified2rig [2,3,3]; fov_bounds [4] deg; median_vertical_px: median |vertical disparity|
     (px) of sparse matches in the 512², 60° rectified pair after calibration; before_px: the same
     with identity rotations; matches: correspondences in the last solve; rounds_px: residual
-    median (px) after each solve.
+    median (px) after each solve; field_scale: the factor on the assumed field of view
+    that best explains the matches (1 when the geometry is right); field_scale_spread: its
+    standard deviation over groups of frames (large: the estimate is not to be trusted, the
+    check is skipped); video_format: the
+    StereoFormat calibrated (JSON).
     """
 
     video_id: str
@@ -98,6 +124,9 @@ class Calibration:
     frames: int
     rounds_px: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    field_scale: float = 1.0
+    field_scale_spread: float = 0.0
+    video_format: dict = field(default_factory=dict)
     version: str = CALIBRATION_VERSION
 
     def to_json(self) -> str:
@@ -114,12 +143,11 @@ class Calibration:
         return cls(**d)
 
 
-def fov_bounds_of(eye_hw: tuple[int, int]) -> np.ndarray:
-    """fov_bounds [4] deg of an equirect eye of `eye_hw`: 180° tall, equal degrees per pixel
-    horizontally (a square VR180 eye: [-90, 90, -90, 90])."""
-    height, width = eye_hw
-    half_yaw = 90.0 * width / height
-    return np.array([-half_yaw, half_yaw, -90.0, 90.0])
+def working_bounds(fmt: StereoFormat) -> np.ndarray:
+    """The equirect grid [4] deg each eye is matched on: the eye's field (a fisheye's square
+    field included), latitude clipped to ±90°."""
+    yaw0, yaw1, tilt0, tilt1 = np.asarray(fmt.fov_bounds, np.float64)
+    return np.array([max(yaw0, -180.0), min(yaw1, 180.0), max(tilt0, -90.0), min(tilt1, 90.0)])
 
 
 def pixels_to_rays(uv: np.ndarray, fov_bounds: np.ndarray, eye_hw: tuple[int, int]) -> np.ndarray:
@@ -151,14 +179,19 @@ def match_eyes(
     )
 
 
-def _eye_mask(
-    eye_hw: tuple[int, int], fov_bounds: np.ndarray, config: CalibrationConfig
+def _working_mask(
+    bounds: np.ndarray, grid_hw: tuple[int, int], seen: np.ndarray, config: CalibrationConfig
 ) -> np.ndarray:
-    yaw0, yaw1, tilt0, tilt1 = np.asarray(fov_bounds, np.float64)
-    lon = np.linspace(yaw0, yaw1, eye_hw[1])
-    lat = np.linspace(tilt0, tilt1, eye_hw[0])
+    """Where corners are sought on the working grid [h,w] uint8: within ±max_lon/±max_lat and
+    at least one LK window inside what the eye sees (`seen` [h,w] bool), away from a
+    fisheye's black rim."""
+    yaw0, yaw1, tilt0, tilt1 = np.asarray(bounds, np.float64)
+    lon = np.linspace(yaw0, yaw1, grid_hw[1])
+    lat = np.linspace(tilt0, tilt1, grid_hw[0])
     ok = (np.abs(lat)[:, None] <= config.max_lat_deg) & (np.abs(lon)[None, :] <= config.max_lon_deg)
-    return ok.astype(np.uint8) * 255
+    margin = LK_PARAMS["winSize"][0]
+    inner = cv2.erode(seen.astype(np.uint8), np.ones((margin, margin), np.uint8)) > 0
+    return (ok & inner).astype(np.uint8) * 255
 
 
 def _rotations(params: np.ndarray) -> np.ndarray:
@@ -216,68 +249,124 @@ def relative_rotation_deg(rectified2rig: np.ndarray) -> float:
     return float(np.degrees(np.linalg.norm(rel.as_rotvec())))
 
 
-def _grey_eyes(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    width = frame.shape[1] // 2
-    grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-    return grey[:, :width], grey[:, width:]
-
-
 def vertical_disparity_px(
-    frames: list[np.ndarray], rectified2rig: np.ndarray, fov_bounds: np.ndarray, corners: int = 1000
+    frames: list[np.ndarray],
+    rectified2rig: np.ndarray,
+    fmt: StereoFormat,
+    corners: int = 1000,
 ) -> np.ndarray:
-    """|v_L − v_R| px [M] of LK matches in the 512², 60° rectified pairs of raw SBS `frames`."""
+    """|v_L − v_R| px [M] of LK matches in the 512², 60° rectified pairs of raw `frames`."""
+    return np.abs(rectified_disparities(frames, rectified2rig, fmt, corners)[:, 1])
+
+
+def rectified_disparities(
+    frames: list[np.ndarray],
+    rectified2rig: np.ndarray,
+    fmt: StereoFormat,
+    corners: int = 1000,
+) -> np.ndarray:
+    """(x_L − x_R, v_L − v_R) px [M,2] of LK matches in the 512², 60° rectified pairs of raw
+    `frames`: the first is ≥ 0 for a rig whose eyes are where `fmt` says (a point is further
+    right in the left eye), the second 0 for a calibrated one."""
     out = []
     config = CalibrationConfig(corners=corners)
     if not frames:
-        return np.zeros(0)
-    eye_hw = (frames[0].shape[0], frames[0].shape[1] // 2)
-    maps = [composed_rectify_map(rectified2rig[e], fov_bounds, eye_hw) for e in range(2)]
+        return np.zeros((0, 2))
+    frame_hw = frames[0].shape[:2]
+    maps = [rectify_map(fmt, e, rectified2rig[e], frame_hw) for e in range(2)]
     for frame in frames:
-        left, right = _grey_eyes(frame)
+        grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
         rect = [
-            cv2.remap(img, m[0], m[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-            for img, m in zip((left, right), maps, strict=True)
+            cv2.remap(grey, m[0], m[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+            for m in maps
         ]
         inner = np.zeros_like(rect[0])
         inner[16:-16, 16:-16] = 255
         p_l, p_r, _ = match_eyes(rect[0], rect[1], inner, config)
-        out.append(np.abs(p_l[:, 1] - p_r[:, 1]))
-    return np.concatenate(out) if out else np.zeros(0)
+        out.append(p_l - p_r)
+    return np.concatenate(out) if out else np.zeros((0, 2))
 
 
 def _match_round(
     frames: list[np.ndarray],
     rectified2rig: np.ndarray,
-    fov_bounds: np.ndarray,
+    fmt: StereoFormat,
     config: CalibrationConfig,
 ) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Matched rig rays (left [M,3], right [M,3]) of all frames, matched in the equirect eyes
-    rectified by `rectified2rig`; plus corners tried and matches kept."""
-    rays_l, rays_r = [], []
+    """Matched rig rays (left [M,3], right [M,3]) of all frames, matched on an equirect
+    working grid over each eye's field, rectified by `rectified2rig` (one remap of the raw
+    frame per eye, any layout or projection); plus corners tried and matches kept."""
+    pieces_l, pieces_r = [], []
     tried = 0
-    eye_hw = (frames[0].shape[0], frames[0].shape[1] // 2)
-    mask = _eye_mask(eye_hw, fov_bounds, config)
-    maps = [equirect_rectification_map(rectified2rig[e], fov_bounds, eye_hw) for e in range(2)]
+    frame_hw = frames[0].shape[:2]
+    grid_hw = eye_hw(fmt, frame_hw)
+    bounds = working_bounds(fmt)
+    grid_rays = equirect_rays(grid_hw, bounds)
+    maps = [rays_to_eye_pixels(grid_rays @ rectified2rig[e].T, fmt, e, frame_hw) for e in range(2)]
+    seen = (maps[0][0] >= 0) & (maps[1][0] >= 0)
+    mask = _working_mask(bounds, grid_hw, seen, config)
     for frame in frames:
-        left, right = _grey_eyes(frame)
+        grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
         rect = [
-            cv2.remap(img, m[0], m[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-            for img, m in zip((left, right), maps, strict=True)
+            cv2.remap(grey, m[0], m[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+            for m in maps
         ]
         p_l, p_r, n = match_eyes(rect[0], rect[1], mask, config)
         tried += n
-        # a rectified-equirect pixel's ray is in the rectified frame: rig ray = R · ray
-        rays_l.append(pixels_to_rays(p_l, fov_bounds, eye_hw) @ rectified2rig[0].T)
-        rays_r.append(pixels_to_rays(p_r, fov_bounds, eye_hw) @ rectified2rig[1].T)
-    rays_l = np.concatenate(rays_l) if rays_l else np.zeros((0, 3))
-    rays_r = np.concatenate(rays_r) if rays_r else np.zeros((0, 3))
+        # a working-grid pixel's ray is in the rectified frame: rig ray = R · ray
+        pieces_l.append(pixels_to_rays(p_l, bounds, grid_hw) @ rectified2rig[0].T)
+        pieces_r.append(pixels_to_rays(p_r, bounds, grid_hw) @ rectified2rig[1].T)
+    rays_l = np.concatenate(pieces_l) if pieces_l else np.zeros((0, 3))
+    rays_r = np.concatenate(pieces_r) if pieces_r else np.zeros((0, 3))
     return rays_l, rays_r, tried, len(rays_l)
 
 
+def _eye_local_pixels(
+    rays: np.ndarray, fmt: StereoFormat, eye: int, frame_hw: tuple[int, int]
+) -> np.ndarray:
+    """Raw pixels [M,2] in the eye's own part of rig rays [M,3] (−1 outside the field)."""
+    u, v = rays_to_eye_pixels(rays, fmt, eye, frame_hw)
+    top, left = eye_box(fmt, eye, frame_hw)[:2]
+    inside = u >= 0
+    return np.stack([np.where(inside, u - left, -1), np.where(inside, v - top, -1)], 1)
+
+
+def field_scale(
+    rays_left: np.ndarray,
+    rays_right: np.ndarray,
+    rectified2rig: np.ndarray,
+    fmt: StereoFormat,
+    frame_hw: tuple[int, int],
+) -> float:
+    """The factor k on the field of view (both axes) that best explains matched rig rays
+    [M,3]: the raw pixels the matches came from are re-read as a field k times as wide and the
+    rotations re-solved; k minimises the robust mean residual, measured in raw pixels (an
+    angle shrinks with the field it is read in: in angles every k < 1 would look better). A wrong field shows as vertical
+    disparity that grows with the horizontal disparity and the angle off-centre, which only
+    the wide field sees (the central 60° view does not)."""
+    pixels = [_eye_local_pixels(r, fmt, e, frame_hw) for e, r in enumerate((rays_left, rays_right))]
+    ok = (pixels[0][:, 0] >= 0) & (pixels[1][:, 0] >= 0)
+    part_hw = eye_hw(fmt, frame_hw)
+
+    def cost(k: float) -> float:
+        scaled = replace(fmt, fov_bounds=as_bounds(np.multiply(fmt.fov_bounds, k)))
+        rays = [eye_pixels_to_rays(p[ok], scaled, e, part_hw)[0] for e, p in enumerate(pixels)]
+        _, residuals = solve_rotations(rays[0], rays[1], rectified2rig)
+        # in the raw image's own units: a field k times as wide has every angle k times larger
+        return float(np.mean(np.minimum(np.abs(residuals) / k, 2.0)))
+
+    best = minimize_scalar(cost, bounds=(0.8, 1.2), method="bounded", options={"xatol": 1e-3})
+    return float(best.x)
+
+
 def calibrate_frames(
-    frames: list[np.ndarray], video_id: str, config: CalibrationConfig | None = None
+    frames: list[np.ndarray],
+    video_id: str,
+    config: CalibrationConfig | None = None,
+    fmt: StereoFormat | None = None,
 ) -> Calibration:
-    """Calibrate from raw SBS equirect frames [H,2W,3] uint8 of one video.
+    """Calibrate from raw stereo frames [H,W,3] uint8 of one video packed as `fmt` (default:
+    side-by-side 180° equirect).
 
     Raises StageError(video_id, 'calibration', why) when the halves do not match as a stereo
     pair (mono video, no texture) or the solved rig is implausible.
@@ -288,14 +377,13 @@ def calibrate_frames(
     start = time.perf_counter()
     if not frames:
         raise StageError(video_id, STAGE, "no frames to calibrate from")
-    eye_hw = (frames[0].shape[0], frames[0].shape[1] // 2)
-    fov = fov_bounds_of(eye_hw)
+    fmt = fmt or StereoFormat()
     rotations = np.stack([np.eye(3), np.eye(3)])
-    before = vertical_disparity_px(frames[:3], rotations, fov, corners=500)
+    before = vertical_disparity_px(frames[:3], rotations, fmt, corners=500)
     rounds_px: list[float] = []
     matches = 0
     for round_index in range(config.rounds + 1):
-        rays_l, rays_r, tried, matches = _match_round(frames, rotations, fov, config)
+        rays_l, rays_r, tried, matches = _match_round(frames, rotations, fmt, config)
         if matches < config.min_matches or matches < config.min_match_fraction * tried:
             raise StageError(
                 video_id,
@@ -314,8 +402,64 @@ def calibrate_frames(
             rounds_px[-1],
         )
     relative = relative_rotation_deg(rotations)
-    after = vertical_disparity_px(frames, rotations, fov, corners=1000)
+    frame_hw = frames[0].shape[:2]
+    scale = field_scale(rays_l, rays_r, rotations, fmt, frame_hw)
+    spread = 0.0
+    if abs(scale - 1.0) > config.max_field_scale_error:
+        groups = [
+            field_scale(
+                *_match_round(frames[g :: config.field_scale_groups], rotations, fmt, config)[:2],
+                rotations,
+                fmt,
+                frame_hw,
+            )
+            for g in range(min(config.field_scale_groups, len(frames)))
+        ]
+        spread = float(np.std(groups))
+        log.info("calibration %s: field scale %.4f, per frame group %s", video_id, scale, groups)
+    misfit = rounds_px[-1] > config.max_unverified_residual_px
+    if (
+        abs(scale - 1.0) > config.max_field_scale_error
+        and spread > config.max_field_scale_spread
+        and not misfit
+    ):
+        log.warning(
+            "calibration %s: the field of view could not be verified (scale %.3f, but frame "
+            "groups disagree by %.3f)",
+            video_id,
+            scale,
+            spread,
+        )
+    elif abs(scale - 1.0) > config.max_field_scale_error:
+        yaw, tilt = fmt.fov_bounds[1] - fmt.fov_bounds[0], fmt.fov_bounds[3] - fmt.fov_bounds[2]
+        raise StageError(
+            video_id,
+            STAGE,
+            f"wrong geometry: the matches over the whole field fit a field of view {scale:.3f} "
+            f"times the one assumed ({fmt.describe()}; projection from "
+            f"{fmt.sources.get('projection', 'default')}, field from "
+            f"{fmt.sources.get('fov_bounds', 'default')}), i.e. about {yaw * scale:.0f}°×"
+            f"{tilt * scale:.0f}° (max error {config.max_field_scale_error:.0%}; every group of "
+            f"frames agrees within {spread:.3f}). A fisheye "
+            "read as equirect, or an equirect whose bounds differ: describe the video in a "
+            "sidecar <video file>.s4d.json (projection, fov_deg or fov_bounds)",
+        )
+    disparities = rectified_disparities(frames, rotations, fmt, corners=1000)
+    after = np.abs(disparities[:, 1])
     median_after = float(np.median(after)) if after.size else float("nan")
+    behind = float(np.mean(disparities[:, 0] < -config.min_disparity_px)) if after.size else 0.0
+    ahead = float(np.mean(disparities[:, 0] > config.min_disparity_px)) if after.size else 0.0
+    if behind > max(ahead, 0.2):
+        raise StageError(
+            video_id,
+            STAGE,
+            f"the eyes look swapped: {behind:.0%} of the matches in the rectified pair lie "
+            f"further left in the left eye than in the right (a point seen by the left eye of a "
+            f"rig is further right), {ahead:.0%} further right; the layout is "
+            f"{fmt.layout} (from {fmt.sources.get('layout', 'default')}): if the right eye is "
+            f"stored {'left' if fmt.layout == 'left-right' else 'first'}, say so in a sidecar "
+            "<video file>.s4d.json (layout: right-left or bottom-top)",
+        )
     if (
         relative > config.max_relative_rotation_deg
         or not median_after <= config.max_median_vertical_px
@@ -330,13 +474,16 @@ def calibrate_frames(
     return Calibration(
         video_id=video_id,
         rectified2rig=rotations,
-        fov_bounds=fov,
+        fov_bounds=np.asarray(fmt.fov_bounds, np.float64),
         median_vertical_px=median_after,
         before_px=float(np.median(before)) if before.size else float("nan"),
         matches=int(matches),
         frames=len(frames),
         rounds_px=rounds_px,
         seconds=time.perf_counter() - start,
+        field_scale=scale,
+        field_scale_spread=spread,
+        video_format=fmt.to_json_dict(),
     )
 
 
@@ -359,20 +506,26 @@ def calibrate_video(
     timestamps: np.ndarray,
     output_uri: str | None = None,
     config: CalibrationConfig | None = None,
+    fmt: StereoFormat | None = None,
 ) -> Calibration:
-    """Calibration of a video, from `config.frames` of its `timestamps` (µs, e.g. its clips').
+    """Calibration of a video packed as `fmt`, from `config.frames` of its `timestamps` (µs,
+    e.g. its clips').
 
-    With `output_uri`, a stored `calibration/<video_id>.json` is reused, else written.
+    With `output_uri`, a stored `calibration/<video_id>.json` of the same format is reused,
+    else written.
     """
+    fmt = fmt or StereoFormat()
     config = config or CalibrationConfig()
     target = calibration_uri(output_uri, video_id) if output_uri else None
     if target and fs.exists(target):
         stored = Calibration.from_json(fs.read_bytes(target).decode())
-        if stored.version == CALIBRATION_VERSION:
+        if stored.version == CALIBRATION_VERSION and (
+            StereoFormat.from_json_dict(stored.video_format) == fmt
+        ):
             return stored
     wanted = sample_timestamps(timestamps, config.frames)
     frames = list(decode_frames_at(video_uri, wanted, video_id, STAGE))
-    calibration = calibrate_frames(frames, video_id, config)
+    calibration = calibrate_frames(frames, video_id, config, fmt)
     if target:
         fs.write_bytes(target, calibration.to_json().encode())
     return calibration

@@ -23,6 +23,8 @@ import cv2
 import numpy as np
 
 from s4d_ray.errors import StageError, VideoError
+from s4d_ray.geometry.vr180 import split_eyes
+from s4d_ray.io.stereo_format import StereoFormat
 from s4d_ray.io.video import MAX_TIMESTAMP_US, open_video_stream
 
 STAGE = "clips"
@@ -143,8 +145,8 @@ def iter_video_frames(
             raise VideoError(label, stage, str(e)) from None
 
 
-def _left_grey(frame: np.ndarray, size: int) -> np.ndarray:
-    left = frame[:, : frame.shape[1] // 2]
+def _left_grey(frame: np.ndarray, size: int, fmt: StereoFormat) -> np.ndarray:
+    left = split_eyes(frame, fmt)[0]
     grey = cv2.cvtColor(left, cv2.COLOR_RGB2GRAY)
     return cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA)
 
@@ -157,22 +159,29 @@ def track_survival(previous: np.ndarray, current: np.ndarray, corners: int) -> t
     points = cv2.goodFeaturesToTrack(previous, corners, 0.01, 5)
     if points is None or len(points) == 0:
         return 0, 0.0
-    params = {"winSize": (15, 15), "maxLevel": 3}
-    forward, ok_f, _ = cv2.calcOpticalFlowPyrLK(previous, current, points, None, **params)
-    back, ok_b, _ = cv2.calcOpticalFlowPyrLK(current, previous, forward, None, **params)
+    forward, ok_f, _ = cv2.calcOpticalFlowPyrLK(
+        previous, current, points, None, winSize=(15, 15), maxLevel=3
+    )
+    back, ok_b, _ = cv2.calcOpticalFlowPyrLK(
+        current, previous, forward, None, winSize=(15, 15), maxLevel=3
+    )
     error = np.linalg.norm((back - points).reshape(-1, 2), axis=1)
     ok = (ok_f.ravel() == 1) & (ok_b.ravel() == 1) & (error < 1.0)
     return int(ok.sum()), float(ok.mean())
 
 
-def scan_frames(frames: Iterator[tuple[int, np.ndarray]], config: ClipConfig) -> FrameScan:
-    """Measure frame differences and track survival over (timestamp µs, RGB SBS frame) pairs."""
+def scan_frames(
+    frames: Iterator[tuple[int, np.ndarray]], config: ClipConfig, fmt: StereoFormat | None = None
+) -> FrameScan:
+    """Measure frame differences and track survival of the left eye over (timestamp µs, RGB
+    stereo frame packed as `fmt`, default side-by-side) pairs."""
+    fmt = fmt or StereoFormat()
     times, diffs, tracked, survival = [], [], [], []
     previous = None
     frame_hw = (0, 0)
     for time_us, frame in frames:
         frame_hw = frame.shape[:2]
-        grey = _left_grey(frame, config.analysis_size)
+        grey = _left_grey(frame, config.analysis_size, fmt)
         if previous is None:
             diffs.append(0.0)
             count, fraction = config.corners, 1.0
@@ -192,9 +201,11 @@ def scan_frames(frames: Iterator[tuple[int, np.ndarray]], config: ClipConfig) ->
     )
 
 
-def scan_video(uri: str, config: ClipConfig, video_id: str = "") -> FrameScan:
+def scan_video(
+    uri: str, config: ClipConfig, video_id: str = "", fmt: StereoFormat | None = None
+) -> FrameScan:
     """One sequential pass over the video at `uri` (any fsspec URI)."""
-    return scan_frames(iter_video_frames(uri, video_id), config)
+    return scan_frames(iter_video_frames(uri, video_id), config, fmt)
 
 
 def frame_flags(scan: FrameScan, config: ClipConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -273,11 +284,12 @@ def no_clip_reason(scan: FrameScan, config: ClipConfig) -> str:
 
 
 def split_video(
-    uri: str, video_id: str, config: ClipConfig | None = None
+    uri: str, video_id: str, config: ClipConfig | None = None, fmt: StereoFormat | None = None
 ) -> tuple[list[ClipSpan], FrameScan]:
-    """Clips of the video at `uri`; raises StageError(video_id, 'clips', why) when there is none."""
+    """Clips of the video at `uri` (packed as `fmt`); raises StageError(video_id, 'clips',
+    why) when there is none."""
     config = config or ClipConfig()
-    scan = scan_video(uri, config, video_id)
+    scan = scan_video(uri, config, video_id, fmt)
     clips = split_clips(scan, config)
     if not clips:
         raise StageError(video_id, STAGE, no_clip_reason(scan, config))

@@ -498,7 +498,7 @@ class BundleProblem:
             v = np.zeros((n_pts, 9))
             for j in range(9):
                 v[:, j] = np.bincount(self.point, v_blocks.reshape(-1, 9)[:, j], n_pts)
-            v = v.reshape(n_pts, 3, 3)
+            v_pt = v.reshape(n_pts, 3, 3)  # per point [P,3,3]
             gp = np.stack([np.bincount(self.point, g_pt[:, j], n_pts) for j in range(3)], 1)
             # W (camera × point), dense [P, C, 3] and as [C, 3P] for BLAS products
             flat_w = ((self.point[:, None] * side + c)[:, :, None] * 3 + np.arange(3)).ravel()
@@ -506,7 +506,7 @@ class BundleProblem:
             wmat = wmat.reshape(n_pts, side, 3)[:, :n_cam]
             w_flat = np.ascontiguousarray(wmat.transpose(1, 0, 2)).reshape(n_cam, -1)
             while True:
-                v_damped = v + lam * (v * np.eye(3)) + 1e-9 * np.eye(3)
+                v_damped = v_pt + lam * (v_pt * np.eye(3)) + 1e-9 * np.eye(3)
                 v_inv = np.linalg.inv(v_damped)
                 u_damped = u + lam * np.diag(np.diag(u)) + 1e-9 * np.eye(n_cam)
                 wv = np.ascontiguousarray((wmat @ v_inv).transpose(1, 0, 2)).reshape(n_cam, -1)

@@ -1,11 +1,13 @@
 """A raw VR180 video → release-format clip records (no tracks yet) that the pipeline then runs.
 
-`prepare_video` splits the video into clips, calibrates the rig once per video (stored as
-`OUTPUT/calibration/<video_id>.json` and reused), rectifies each clip and estimates its metric
-camera trajectory. Each good clip becomes `OUTPUT/ownvideo/npz/<clip_id>.npz` in the release
+`prepare_video` probes the video's packing (`ownvideo.probe`: layout, projection, field,
+baseline, from sidecar > metadata > content > default; refusals are `probe` failures found
+from the first seconds), splits it into clips, calibrates the rig once per video (stored with
+the format as `OUTPUT/calibration/<video_id>.json` and reused), rectifies each clip and
+estimates its metric camera trajectory. Each good clip becomes `OUTPUT/ownvideo/npz/<clip_id>.npz` in the release
 format — `timestamps` the video frames' own µs, `camera2world` estimated (world = first
 frame's rectified left camera), `rectified2rig` and `fov_bounds` estimated / read from the
-video, no tracks — which the normal pipeline (`--npz OUTPUT/ownvideo/npz`) turns into tracks.
+video, the format as the extra `video_format`, no tracks — which the normal pipeline (`--npz OUTPUT/ownvideo/npz`) turns into tracks.
 Every clip or video that cannot be used becomes a failure (clip or video id, stage, message
 with the figures). A per-video `OUTPUT/ownvideo/videos/<video_id>.json` records what was made,
 so a re-run skips finished videos.
@@ -17,7 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -25,18 +27,21 @@ from s4d_ray.geometry.rectify import rectify_clip
 from s4d_ray.io import fs, video_lookup
 from s4d_ray.io.clip_io import ClipRecord, write_clip
 from s4d_ray.io.ids import make_clip_id, validate_video_id
+from s4d_ray.io.video_lookup import VIDEO_FORMAT_EXTRA, RawVideo
 from s4d_ray.ownvideo.calibration import STAGE as CALIBRATION_STAGE
 from s4d_ray.ownvideo.calibration import CalibrationConfig, calibrate_video
 from s4d_ray.ownvideo.clips import STAGE as CLIPS_STAGE
 from s4d_ray.ownvideo.clips import ClipConfig, split_video
 from s4d_ray.ownvideo.poses import PoseConfig, estimate_poses
+from s4d_ray.ownvideo.probe import STAGE as PROBE_STAGE
+from s4d_ray.ownvideo.probe import ProbeReport, decide_format
 
 log = logging.getLogger(__name__)
 
 OWNVIDEO_DIR = "ownvideo"
 VIDEO_TIMEOUT_S = 7200.0
 """Default limit on preparing one video (cuts, calibration, poses of all its clips), s."""
-PREPARE_VERSION = "ownvideo-prepare-1"
+PREPARE_VERSION = "ownvideo-prepare-2"
 
 
 @dataclass(frozen=True)
@@ -135,18 +140,27 @@ def video_clip_records(
     validate_video_id(video_id)
     start = time.perf_counter()
     try:
-        clips, scan = split_video(video_uri, video_id, config.clips)
+        fmt = decide_format(video_uri, video_id, ProbeReport(uri=video_uri))
+    except Exception as error:  # noqa: BLE001 - a bad video is a failure row, not a crash
+        yield _failure(video_id, error, PROBE_STAGE)
+        return
+    figures.update(video_format=fmt.to_json_dict(), probe_seconds=_since(start))
+    log.info("own video %s: %s (%s)", video_id, fmt.describe(), fmt.sources)
+    try:
+        clips, scan = split_video(video_uri, video_id, config.clips, fmt)
     except Exception as error:  # noqa: BLE001 - a bad video is a failure row, not a crash
         yield _failure(video_id, error, CLIPS_STAGE)
         return
     figures.update(
         frames=int(scan.timestamps.size),
         clips=len(clips),
-        clips_seconds=round(time.perf_counter() - start, 3),
+        clips_seconds=_since(start),
     )
     try:
         all_ts = np.concatenate([c.timestamps for c in clips])
-        calibration = calibrate_video(video_uri, video_id, all_ts, output_uri, config.calibration)
+        calibration = calibrate_video(
+            video_uri, video_id, all_ts, output_uri, config.calibration, fmt
+        )
     except Exception as error:  # noqa: BLE001
         yield _failure(video_id, error, CALIBRATION_STAGE)
         return
@@ -155,7 +169,10 @@ def video_clip_records(
         "before_px": calibration.before_px,
         "matches": calibration.matches,
         "seconds": round(calibration.seconds, 3),
+        "field_scale": round(calibration.field_scale, 4),
     }
+    video = RawVideo(video_uri, fmt)
+    pose_config = replace(config.poses, baseline_m=fmt.baseline_m)
     for clip in clips:
         clip_id = f"{video_id}_{clip.first_timestamp_us}"  # the failure row's name if invalid
         try:
@@ -168,14 +185,15 @@ def video_clip_records(
                 calibration.rectified2rig,
                 calibration.fov_bounds,
             )
-            left, right = rectify_clip(template, video_uri)
+            left, right = rectify_clip(template, video)
             mark = time.perf_counter()
-            poses = estimate_poses(left, right, clip_id, config=config.poses)
-            extras = {
-                "pose_rms_px": np.float32(poses.rms_px),
-                "pose_inlier_fraction": np.float32(poses.inlier_fraction),
-                "pose_points": np.int64(poses.num_points),
-                "calibration_vertical_px": np.float32(calibration.median_vertical_px),
+            poses = estimate_poses(left, right, clip_id, config=pose_config)
+            extras: dict[str, np.ndarray] = {
+                "pose_rms_px": np.asarray(poses.rms_px, np.float32),
+                "pose_inlier_fraction": np.asarray(poses.inlier_fraction, np.float32),
+                "pose_points": np.asarray(poses.num_points, np.int64),
+                "calibration_vertical_px": np.asarray(calibration.median_vertical_px, np.float32),
+                VIDEO_FORMAT_EXTRA: np.asarray(fmt.to_json()),
             }
             record = clip_record(
                 clip_id,
@@ -186,11 +204,16 @@ def video_clip_records(
                 calibration.fov_bounds,
                 extras,
             )
-            figures.setdefault("pose_seconds", {})[clip_id] = round(time.perf_counter() - mark, 3)
+            figures.setdefault("pose_seconds", {})[clip_id] = _since(mark)
         except Exception as error:  # noqa: BLE001 - one bad clip fails alone
             yield _failure(clip_id, error, "poses")
             continue
         yield record, left, right
+
+
+def _since(start: float) -> float:
+    """Seconds since `start` (perf_counter), rounded to ms."""
+    return round(time.perf_counter() - start, 3)
 
 
 def prepare_video(

@@ -19,7 +19,7 @@ from s4d_ray.errors import StageError
 from s4d_ray.geometry.pose_metrics import ate_se3, ate_sim3, rpe
 from s4d_ray.geometry.rectify import rectify_clip
 from s4d_ray.io.clip_io import read_clip
-from s4d_ray.io.video_lookup import find_video
+from s4d_ray.io.video_lookup import find_raw_video
 from s4d_ray.ownvideo.poses import PoseConfig, estimate_poses
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def qa_clip(npz_uri: str, videos_uri: str, config: PoseConfig | None = None) -> 
     try:
         record = read_clip(npz_uri)
         row["clip_id"], row["frames"] = record.name, record.num_frames
-        video = find_video(videos_uri, record.video_id, record.name, "poses")
+        video = find_raw_video(videos_uri, record, "poses")
         left, right = rectify_clip(record, video)
         poses = estimate_poses(left, right, record.name, config=config)
         release = record.camera2world

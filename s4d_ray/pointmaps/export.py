@@ -372,7 +372,8 @@ def _export(
             ray.init()
         items = [{"clip_id": clip} for clip in work]
         ds = ray.data.from_items(items, override_num_blocks=len(items)).flat_map(
-            export_clip_rows,
+            # Ray types `fn` as a one-argument callable, without the `fn_args` it is given
+            export_clip_rows,  # type: ignore[arg-type]
             fn_args=(input_root, output, config, run_id),
             num_cpus=num_cpus,
         )

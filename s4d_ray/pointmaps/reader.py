@@ -170,7 +170,7 @@ def decode_sample(raw: Mapping[str, Any]) -> dict[str, Any]:
     data = member("rgb.mp4")
     if data is not None:
         label = f"sample {key!r} rgb.mp4"
-        size = (h, w) if h is not None else None
+        size = (h, w) if h is not None and w is not None else None  # set together
         try:
             out["frames"] = decode_frames(data, label, t, size)
         except DenseOutputError as e:

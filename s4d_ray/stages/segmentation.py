@@ -78,7 +78,7 @@ class Segmenter:
     def provenance(self) -> dict[str, Any]:
         """What produces this stage's output, for every clip's metadata: backend, model name,
         its config, weights (URI, bytes, sha256; None without weights) and precision."""
-        if not self.enabled:
+        if self.model is None:  # not enabled
             return {
                 "backend": self.backend,
                 "model": None,
@@ -111,7 +111,7 @@ class Segmenter:
         """ADE20K labels [T,H,W] uint8 of frames [T,H,W,3] uint8 RGB; None when disabled."""
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"frames must be [T,H,W,3] uint8, got {frames.shape} {frames.dtype}")
-        if not self.enabled:
+        if self.model is None:  # not enabled
             return None
         from s4d_ray.models.deeplab import segment_frames
 

@@ -79,7 +79,7 @@ class SGBMStereo:
                 f"num_disparities must be a positive multiple of 16, got {num_disparities}"
             )
         self.num_disparities = num_disparities
-        self._matcher = cv2.StereoSGBM_create(
+        self._matcher = cv2.StereoSGBM.create(
             minDisparity=0,
             numDisparities=num_disparities,
             blockSize=block_size,
@@ -122,7 +122,7 @@ class SGBMStereo:
             cv2.copyMakeBorder(reference, 0, 0, pad, 0, cv2.BORDER_CONSTANT, value=0),
             cv2.copyMakeBorder(other, 0, 0, pad, 0, cv2.BORDER_CONSTANT, value=0),
         )[:, pad:]
-        disparity = fixed_point.astype(np.float32) / 16.0
+        disparity: np.ndarray = fixed_point.astype(np.float32) / 16.0
         unmatched = fixed_point < 0
         if self.median_size:
             disparity[unmatched] = 0.0
@@ -265,8 +265,8 @@ class SEARAFTStereo:
             stop = min(start + batch, 2 * num_frames)
             try:
                 with torch.inference_mode():
-                    image1, image2 = _pairs(left, right, start, stop)
-                    image1, image2 = self._to_device(image1), self._to_device(image2)
+                    frames1, frames2 = _pairs(left, right, start, stop)
+                    image1, image2 = self._to_device(frames1), self._to_device(frames2)
                     flow = half_resolution_flow(self._flow, image1, image2)
             except torch.cuda.OutOfMemoryError:
                 if batch == 1:
@@ -294,7 +294,7 @@ class StereoMatcher:
     device, precision, batch_size). `provenance()` says what produces the flow.
     """
 
-    def __init__(self, backend: str = "cpu", **options: object) -> None:
+    def __init__(self, backend: str = "cpu", **options: Any) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend_name = backend

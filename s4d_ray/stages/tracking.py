@@ -27,7 +27,7 @@ from s4d_ray.models.device import autocast, autocast_dtype, check_precision
 from s4d_ray.track.queries import SkipFn, TrackFn, track_with_pruning
 
 if TYPE_CHECKING:
-    import torch
+    from s4d_ray.models.tapir import TAPIR
 
 
 DEFAULT_QUERY_STRIDE = {"neural": 4, "cpu": 8}
@@ -138,7 +138,7 @@ class LucasKanadeBackend:
         self, image_from: np.ndarray, image_to: np.ndarray, points: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Move points [P,2] (OpenCV px) one frame; returns (moved [P,2], passed LK+FB+inside)."""
-        params = dict(
+        params: dict[str, Any] = dict(  # Any: the cv2 stubs type each keyword
             winSize=(self.window, self.window),
             maxLevel=self.pyramid_levels,
             criteria=self._criteria,
@@ -208,7 +208,7 @@ class TapirBackend:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: TAPIR,
         device: str = "cpu",
         precision: str = "fp32",
         query_chunk_size: int | None = None,

@@ -34,6 +34,7 @@ from s4d_ray.geometry.camera import RECTIFIED_HFOV_DEG, intrinsics, project_poin
 from s4d_ray.geometry.rectify import LowResolutionWarning, iter_rectified
 from s4d_ray.io import fs
 from s4d_ray.io.clip_io import ClipRecord, read_clip
+from s4d_ray.io.video_lookup import find_raw_video
 from s4d_ray.synthetic.evaluate import (
     DISPARITY_ERRORS_PX,
     banded_errors,
@@ -127,7 +128,7 @@ def save_picture(data: str, output: str, clip_id: str) -> str:
     record = read_clip(fs.join(output, "npz", f"{clip_id}.npz"))
     source = read_clip(fs.join(data, "npz", f"{clip_id}.npz"))
     frame = record.num_frames // 2
-    rectified = iter_rectified(source, fs.join(data, "raw", f"{source.video_id}.mp4"))
+    rectified = iter_rectified(source, find_raw_video(fs.join(data, "raw"), source, "demo"))
     left, _ = next(itertools.islice(rectified, frame, None))  # decodes no further than `frame`
     path = fs.join(output, f"preview_{clip_id}.png")
     fs.write_bytes(path, preview_png(left, record, frame))

@@ -119,7 +119,7 @@ def banded_errors(
     errors: dict[str, np.ndarray],
     bands: tuple[tuple[float, float], ...] = DEPTH_BANDS_M,
     disparity_errors_px: tuple[float, ...] = DISPARITY_ERRORS_PX,
-) -> list[dict[str, float]]:
+) -> list[dict[str, Any]]:
     """Accuracy per depth band beside the stereo limit, from `point_errors` (pooled or not).
 
     Per band [lo, hi) m of true depth: points, median true depth (m), median 3D error (cm),
@@ -151,7 +151,7 @@ def banded_errors(
 
 
 def format_band_table(
-    rows: list[dict[str, float]], disparity_errors_px: tuple[float, ...] = DISPARITY_ERRORS_PX
+    rows: list[dict[str, Any]], disparity_errors_px: tuple[float, ...] = DISPARITY_ERRORS_PX
 ) -> str:
     """`banded_errors` as a fixed-width text table (what the demo prints)."""
     head = f"{'depth band':<11}{'points':>8}{'med z m':>9}{'3D err cm':>11}"

@@ -4,8 +4,15 @@ The scene is analytic so that every pixel has exact ground truth: a textured gro
 sidewalk), building façades and a back wall, a sky, and a few independently moving textured
 ellipsoids — rigid ones ("cars") that translate and spin, non-rigid ones ("people") whose shape
 also changes over time. A camera rig translates and rotates smoothly; the right eye sits 0.063 m
-to the right of the left one. Each eye of the raw side-by-side equirect video is rendered through
-a small known rig miscalibration (`rectified2rig`), so rectification has real work to do.
+to the right of the left one. Each eye of the raw video is rendered through a small known rig
+miscalibration (`rectified2rig`), so rectification has real work to do.
+
+The raw video can be packed as any kind of file people have (`SynthConfig`): left-right,
+right-left or top-bottom; equirect (180°, 360°, cropped bounds, squeezed eyes) or equidistant
+fisheye with off-centre circles; mp4 with Spherical Video V2 boxes, mkv or webm with Matroska
+StereoMode, or no metadata at all; named `<video_id>.<ext>` or yt-dlp's `Title [<video_id>].<ext>`;
+a `.s4d.json` sidecar on request. Every pixel is ray-traced through the exact projection, so
+each path is tested against exact ground truth; the clip npz carries the format (`video_format`).
 
 Outputs follow the Stereo4D dataset layout (`raw/<video_id>.mp4`, `npz/<clip_id>.npz`) plus our
 ground truth under `gt/<clip_id>.npz`: per-frame rectified left depth [T,S,S] m (0 = sky),
@@ -16,8 +23,10 @@ ADE20K labels [T,S,S] uint8, object ids [T,S,S] int16 (0 = static world), dense 
 from __future__ import annotations
 
 import io
+import json
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -26,16 +35,19 @@ from s4d_ray.geometry.camera import (
     RECTIFIED_HFOV_DEG,
     RECTIFIED_SIZE,
     STEREO_BASELINE_M,
-    equirect_rays,
     intrinsics,
     perspective_rays,
     project_points,
     rotation_matrix,
 )
+from s4d_ray.geometry.vr180 import eye_box, eye_pixel_rays, eye_pixels_to_rays
 from s4d_ray.io import fs
 from s4d_ray.io.clip_io import ClipRecord, write_clip
 from s4d_ray.io.ids import make_clip_id
+from s4d_ray.io.spherical import write_spherical_mp4
+from s4d_ray.io.stereo_format import StereoFormat, sidecar_uri, symmetric_bounds
 from s4d_ray.io.video import write_video
+from s4d_ray.io.video_lookup import VIDEO_FORMAT_EXTRA
 
 log = logging.getLogger(__name__)
 
@@ -337,23 +349,76 @@ def build_scene(rng: np.random.Generator, num_objects: int = 4) -> Scene:
 
 
 def render_equirect_frame(scene: Scene, t: float, eye_height: int) -> np.ndarray:
-    """Raw side-by-side equirect frame [H,2H,3] uint8 at time t, each eye seen through its rig."""
-    rays_rig = equirect_rays((eye_height, eye_height), FOV_BOUNDS).reshape(-1, 3).astype(np.float32)
+    """Raw side-by-side 180° equirect frame [H,2H,3] uint8 at time t (the release's kind)."""
+    return render_stereo_frame(scene, t, StereoFormat(), (eye_height, 2 * eye_height))
+
+
+def render_stereo_frame(
+    scene: Scene, t: float, fmt: StereoFormat, frame_hw: tuple[int, int], samples: int = 1
+) -> np.ndarray:
+    """Raw stereo frame [H,W,3] uint8 at time t packed as `fmt`, each eye seen through its rig
+    (`fmt.baseline_m` apart); black outside a fisheye's circle (decided at the pixel centre).
+
+    `samples` > 1 averages samples×samples rays spread evenly over each pixel, as a camera's
+    pixel integrates light: one ray per pixel aliases far textures into patterns that differ
+    between the eyes, which biased stereo matches in some scenes (a field-of-view estimate 9 %
+    off with the true rig, gone with 2×2 samples)."""
+    frame = np.zeros((*frame_hw, 3), np.uint8)
     c2w = scene.camera2world(t)
-    halves = []
+    steps = (np.arange(samples) + 0.5) / samples - 0.5
     for eye in range(2):
-        # r_rect = R^T r_rig (row form: r_rig @ R), then into the world by the camera rotation
-        dirs = rays_rig @ (scene.rectified2rig[eye] @ c2w[:, :3].T).astype(np.float32)
-        origin = c2w[:, 3] + eye * STEREO_BASELINE_M * c2w[:, 0]
-        hits = scene.cast(origin, dirs, t)
-        halves.append(scene.shade(dirs, hits, t).reshape(eye_height, eye_height, 3))
-    return np.concatenate(halves, axis=1)
+        top, left, h, w = eye_box(fmt, eye, frame_hw)
+        _, inside = eye_pixel_rays(fmt, eye, frame_hw)
+        v, u = np.nonzero(inside)
+        total = np.zeros((u.size, 3), np.float32)
+        for du in steps:
+            for dv in steps:
+                uv = np.stack([u + du, v + dv], -1).astype(np.float64)
+                rays_rig = eye_pixels_to_rays(uv, fmt, eye, (h, w))[0].astype(np.float32)
+                # r_rect = R^T r_rig (row form: r_rig @ R), then into the world by the camera
+                dirs = rays_rig @ (scene.rectified2rig[eye] @ c2w[:, :3].T).astype(np.float32)
+                origin = c2w[:, 3] + eye * fmt.baseline_m * c2w[:, 0]
+                total += scene.shade(dirs, scene.cast(origin, dirs, t), t)
+        part = frame[top : top + h, left : left + w]
+        mean = total / samples**2
+        part[v, u] = np.clip(mean if samples == 1 else mean + 0.5, 0, 255).astype(np.uint8)
+    return frame
+
+
+def synth_format(config: SynthConfig) -> tuple[StereoFormat, tuple[int, int]]:
+    """The packing and frame size (H, W) px of a synthetic raw video of `config`."""
+    h = config.height
+    if config.projection == "fisheye":
+        fov = config.fov_deg or 190.0
+        w = config.eye_width or h
+        radius = 0.49 * min(h, w)
+        shift = 0.004 * min(h, w)  # off-centre circles, as real dual-fisheye lenses are
+        centres = (
+            ((w - 1) / 2 + 1.5 * shift, (h - 1) / 2 - shift),
+            ((w - 1) / 2 - shift, (h - 1) / 2 + 1.5 * shift),
+        )
+        fmt = StereoFormat(
+            layout=config.layout,
+            projection="fisheye",
+            fov_bounds=symmetric_bounds(fov, "fisheye"),
+            fisheye_centres_px=centres,
+            fisheye_radius_px=radius,
+        )
+    else:
+        bounds = config.fov_bounds or symmetric_bounds(config.fov_deg or 180.0, "equirect")
+        natural = h * (bounds[1] - bounds[0]) / (bounds[3] - bounds[2])
+        w = config.eye_width or 2 * int(round(natural / 2))
+        left, right, top, bottom = (float(b) for b in bounds)
+        fmt = StereoFormat(layout=config.layout, fov_bounds=(left, right, top, bottom))
+    side_by_side = config.layout in ("left-right", "right-left")
+    return fmt, ((h, 2 * w) if side_by_side else (2 * h, w))
 
 
 def render_rectified(
     scene: Scene, t: float, eye: int = 0, size: int = RECTIFIED_SIZE
-) -> dict[str, np.ndarray]:
-    """Ground-truth rectified view of one eye: rgb, depth (z, m; 0 = sky), labels, object ids."""
+) -> dict[str, Any]:
+    """Ground-truth rectified view of one eye: rgb, depth (z, m; 0 = sky), labels, object ids
+    (arrays) and the ray `hits` (a `Hits`)."""
     rays_cam = perspective_rays(size, size, RECTIFIED_HFOV_DEG).reshape(-1, 3)
     c2w = scene.camera2world(t)
     dirs = rays_cam @ c2w[:, :3].T
@@ -373,7 +438,7 @@ def render_rectified(
 def ground_truth_tracks(
     scene: Scene,
     times: np.ndarray,
-    views: list[dict[str, np.ndarray]],
+    views: list[dict[str, Any]],
     num_tracks: int,
     rng: np.random.Generator,
     size: int = RECTIFIED_SIZE,
@@ -438,9 +503,26 @@ def ground_truth_tracks(
     }
 
 
+CONTAINERS = {
+    "mp4": ("mp4", "libx264"),
+    "mkv": ("matroska", "libx264"),
+    "webm": ("webm", "libvpx-vp9"),
+}
+"""Container suffix → (FFmpeg muxer, video codec) of the synthetic raw videos."""
+
+
 @dataclass(frozen=True)
 class SynthConfig:
-    """What `s4d synth` makes: clips of `frames` frames from equirect eyes `height` px tall."""
+    """What `s4d synth` makes: clips of `frames` frames from eyes `height` px tall.
+
+    The raw video's kind: `layout`; `projection` equirect (`fov_deg` 180 or 360, or
+    `fov_bounds` (left, right, top, bottom) deg) or fisheye (`fov_deg`, default 190);
+    `eye_width` px squeezes the eyes (0: square pixels); `container` mp4 | mkv | webm;
+    `metadata` writes the layout and projection into the file (st3d/sv3d in mp4; the layout
+    only, as StereoMode, in Matroska); `sidecar` writes `<file>.s4d.json` with the whole format; `title` names the file
+    `<title> [<video_id>].<ext>` as yt-dlp does; `supersample` averages that many rays per
+    pixel along each axis (see `render_stereo_frame`; 1: one ray, fastest).
+    """
 
     clips: int = 2
     frames: int = 24
@@ -451,6 +533,62 @@ class SynthConfig:
     lead_frames: int = 3
     tail_frames: int = 2
     num_objects: int = 4
+    layout: str = "left-right"
+    projection: str = "equirect"
+    fov_deg: float = 0.0
+    fov_bounds: tuple[float, float, float, float] | None = None
+    eye_width: int = 0
+    container: str = "mp4"
+    metadata: bool = False
+    sidecar: bool = False
+    title: str = ""
+    supersample: int = 1
+
+    def __post_init__(self) -> None:
+        if (
+            self.metadata
+            and self.container == "mp4"
+            and (self.projection != "equirect" or self.layout in ("right-left", "bottom-top"))
+        ):
+            raise ValueError(
+                f"mp4 spherical metadata cannot say {self.layout} {self.projection} (st3d/sv3d "
+                "know left-right, top-bottom and equirect): use mkv or webm, or a sidecar"
+            )
+
+
+def write_raw_video(
+    out_dir: str, video_id: str, frames, config: SynthConfig, fmt: StereoFormat
+) -> str:
+    """Encode a synthetic raw video of `config`'s kind under `out_dir/raw`; its URI."""
+    stem = f"{config.title} [{video_id}]" if config.title else video_id
+    uri = fs.join(out_dir, "raw", f"{stem}.{config.container}")
+    muxer, codec = CONTAINERS[config.container]
+    stereo_tag = {}
+    if config.metadata and muxer != "mp4":
+        stereo_tag = {"stereo_mode": fmt.layout.replace("-", "_")}
+    write_video(uri, frames, fps=config.fps, codec=codec, muxer=muxer, stream_metadata=stereo_tag)
+    if config.metadata and muxer == "mp4":
+        write_spherical_mp4(fs.filesystem(uri)[1], fmt.layout, "equirect", fmt.fov_bounds)
+    if config.sidecar:
+        fs.write_bytes(sidecar_uri(uri), json.dumps(sidecar_of(fmt), indent=1).encode())
+    return uri
+
+
+def sidecar_of(fmt: StereoFormat) -> dict:
+    """The `.s4d.json` sidecar that describes `fmt` in full (the user-facing conventions)."""
+    left, right, top, bottom = fmt.fov_bounds
+    out: dict = {
+        "layout": fmt.layout,
+        "projection": fmt.projection,
+        "fov_bounds": [left, right, -bottom, -top],
+        "baseline_m": fmt.baseline_m,
+    }
+    if fmt.projection == "fisheye":
+        out = {**out, "fov_deg": fmt.fov_deg, "fisheye_radius_px": fmt.fisheye_radius_px}
+        centres = fmt.fisheye_centres_px
+        out["fisheye_centres_px"] = None if centres is None else [list(c) for c in centres]
+        del out["fov_bounds"]
+    return out
 
 
 def synth_clip(out_dir: str, config: SynthConfig, clip_index: int) -> str:
@@ -464,11 +602,15 @@ def synth_clip(out_dir: str, config: SynthConfig, clip_index: int) -> str:
     clip_slice = slice(config.lead_frames, config.lead_frames + config.frames)
     clip_times = video_times[clip_slice]
     clip_id = make_clip_id(video_id, int(timestamps[clip_slice][0]))
+    fmt, frame_hw = synth_format(config)
+    release_kind = StereoFormat(fov_bounds=fmt.fov_bounds)
 
-    write_video(
-        fs.join(out_dir, "raw", f"{video_id}.mp4"),
-        (render_equirect_frame(scene, t, config.height) for t in video_times),
-        fps=config.fps,
+    write_raw_video(
+        out_dir,
+        video_id,
+        (render_stereo_frame(scene, t, fmt, frame_hw, config.supersample) for t in video_times),
+        config,
+        fmt,
     )
     views = [render_rectified(scene, t) for t in clip_times]
     gt = ground_truth_tracks(scene, clip_times, views, config.tracks, rng)
@@ -480,11 +622,13 @@ def synth_clip(out_dir: str, config: SynthConfig, clip_index: int) -> str:
         timestamps=timestamps[clip_slice],
         camera2world=c2w,
         rectified2rig=scene.rectified2rig.astype(np.float32),
-        fov_bounds=FOV_BOUNDS.astype(np.float32),
+        fov_bounds=np.asarray(fmt.fov_bounds, np.float32),
         **sparse,
+        # the release's own kind (side-by-side equirect) carries nothing the release does not
+        extras={} if fmt == release_kind else {VIDEO_FORMAT_EXTRA: np.asarray(fmt.to_json())},
     )
     write_clip(record, fs.join(out_dir, "npz", f"{clip_id}.npz"))
-    gt_arrays = {
+    gt_arrays: dict[str, Any] = {  # Any: see write_clip
         "scene_seed": np.array([config.seed, clip_index]),
         "num_objects": np.array(config.num_objects),
         "clip_times": clip_times,

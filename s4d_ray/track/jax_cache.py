@@ -37,7 +37,7 @@ def enable_compilation_cache() -> str | None:
     if os.environ.get("S4D_JAX_CACHE", "1") == "0":
         _ENABLED = ""
         return None
-    configured = jax.config.jax_compilation_cache_dir
+    configured = jax.config.values["jax_compilation_cache_dir"]
     if configured:
         _ENABLED = str(configured)
         return _ENABLED

@@ -100,7 +100,7 @@ def lift_tracks(
     for begin in range(0, num_tracks, chunk_size):
         chunk = slice(begin, begin + chunk_size)
         xy = np.asarray(tracks_2d[chunk], dtype=np.float64)
-        finite = np.isfinite(xy).all(axis=-1)
+        finite = np.all(np.isfinite(xy), axis=-1)
         xy = np.where(finite[..., None], xy, 0.0)
         col = np.clip(np.round(xy[..., 0]).astype(np.int64), 0, width - 1)
         row = np.clip(np.round(xy[..., 1]).astype(np.int64), 0, height - 1)

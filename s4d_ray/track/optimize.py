@@ -105,7 +105,7 @@ def dilate_invisible(visible: np.ndarray, window: int = 5) -> np.ndarray:
     after = window - before - 1
     invisible = np.pad(~visible, ((0, 0), (before, after)), constant_values=False)
     windows = np.lib.stride_tricks.sliding_window_view(invisible, window, axis=1)
-    return ~windows.any(axis=-1)
+    return ~np.any(windows, axis=-1)
 
 
 def motion_weights(
@@ -235,7 +235,7 @@ def _along_ray_residuals(offsets: jax.Array, inputs: LossInputs) -> list[jax.Arr
 class _StaticGeometry(NamedTuple):
     """What the static loss and its gradient share, per chunk."""
 
-    count: jax.Array  # [N] mask frames M
+    mask_count: jax.Array  # [N] mask frames M ("count" would shadow tuple.count)
     norm: jax.Array  # [N,T] m, |P'| (1 off the mask)
     mean_norm: jax.Array  # [N] m, mean |P'| over the mask
     deviation: jax.Array  # [3,N,T] m, P' minus its mask centroid (centred coordinates)

@@ -63,7 +63,7 @@ def _farther_than(candidates: np.ndarray, points: np.ndarray, radius: float) -> 
     # Any finite bound above `radius` returns every neighbour at distance <= radius exactly;
     # farther ones come back as inf or as their true distance, both of which are kept.
     distance, _ = cKDTree(points).query(candidates, k=1, distance_upper_bound=2.0 * radius)
-    return distance > radius
+    return np.asarray(distance > radius)  # [Q] for [Q,2] candidates (the stubs allow a float)
 
 
 def track_with_pruning(

@@ -209,7 +209,7 @@ def filter_fractions(rows: list[dict[str, Any]]) -> dict[str, Any]:
     and its stored track count. Semantic reasons may overlap (a track on sky and drifting
     counts in both). Clips without the metadata are left out (`clips` says how many count)."""
     tracked = 0
-    dropped = Counter()
+    dropped: Counter[str] = Counter()
     kept_lift = stored = with_points = clips = 0
     for row in rows:
         meta = row["metadata"]

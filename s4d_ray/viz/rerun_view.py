@@ -57,7 +57,7 @@ from s4d_ray.geometry.camera import (
 from s4d_ray.io import fs
 from s4d_ray.io.clip_io import ClipRecord, read_clip
 from s4d_ray.io.ids import UnsafeIdError
-from s4d_ray.io.video_lookup import find_video
+from s4d_ray.io.video_lookup import find_raw_video
 from s4d_ray.track.moving import moving_by_image_motion
 from s4d_ray.viz.colours import MOVING_RGB, STATIC_RGB, depth_colours
 
@@ -247,13 +247,13 @@ def _frames_source(
         )
     if videos:
         try:
-            video_uri = find_video(videos, record.video_id, record.name, "view")
+            video = find_raw_video(videos, record, "view")
         except (VideoError, UnsafeIdError) as error:
             reason = getattr(error, "message", str(error))
             missing.append(f"frames: {reason} (showing cameras and tracks)")
             return "", None
-        return f"raw VR180 video {video_uri}, rectified here", (
-            left for left, _ in iter_rectified(record, video_uri)
+        return f"raw VR180 video {video.uri} ({video.format.describe()}), rectified here", (
+            left for left, _ in iter_rectified(record, video)
         )
     missing.append("frames: none given and no dense outputs (--videos, --rectified, --dense)")
     return "", None

@@ -29,10 +29,60 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from s4d_ray.engine.stage_list import StageResources, default_resources
 from s4d_ray.errors import InputError
 from s4d_ray.io import fs
 from s4d_ray.models.device import PRECISIONS
+
+
+@dataclass(frozen=True)
+class StageResources:
+    """Ray resources of one stage, per actor (actor pools) or per task (tasks), and how long
+    one clip may take in it."""
+
+    num_cpus: float = 0.5
+    num_gpus: float = 0.0
+    min_actors: int = 1
+    max_actors: int = 1
+    timeout_s: float = 1800.0
+    """Seconds one clip may spend in a per-clip stage (task or actor) before it becomes a
+    failure row (`StageTimeoutError`) and the job goes on; 0 = no limit. Reducers, which
+    take a batch of clips per call, are not timed out."""
+    custom_resources: dict[str, float] = field(default_factory=dict)
+    """Ray custom resources per actor/task, e.g. {"s4d_gpu_node": 0.25} to place a model pool
+    on the nodes started with `ray start --resources '{"s4d_gpu_node": 1}'`."""
+
+
+DEFAULT_RESOURCES: dict[str, dict[str, StageResources]] = {
+    "decode": {"cpu": StageResources(num_cpus=1.0), "neural": StageResources(num_cpus=2.0)},
+    "stereo": {
+        "cpu": StageResources(num_cpus=0.5),
+        "neural": StageResources(num_cpus=1.0, num_gpus=0.25, max_actors=4),
+    },
+    "segmentation": {
+        "cpu": StageResources(num_cpus=0.1),
+        "neural": StageResources(num_cpus=1.0, num_gpus=0.125, max_actors=2),
+    },
+    "tracking": {
+        "cpu": StageResources(num_cpus=0.5),
+        "neural": StageResources(num_cpus=1.0, num_gpus=0.5, max_actors=8),
+    },
+    "lift": {"cpu": StageResources(num_cpus=0.5), "neural": StageResources(num_cpus=1.0)},
+    "optimize": {
+        "cpu": StageResources(num_cpus=0.5),
+        "neural": StageResources(num_cpus=2.0, max_actors=2),
+    },
+    "write": {"cpu": StageResources(num_cpus=0.25), "neural": StageResources(num_cpus=0.5)},
+}
+"""Each stage's default resources per backend, in the stage list's order (`stage_list.STAGES`).
+CPU shares are fractional so that actor pools never starve the decode tasks on small
+machines; on `neural`, models get fractional GPUs sized to their share of the work (BootsTAP
+dominates)."""
+
+
+def default_resources(backend: str) -> dict[str, StageResources]:
+    """Each stage's default resources on `backend`, in stage order (a fresh dict)."""
+    return {name: by_backend[backend] for name, by_backend in DEFAULT_RESOURCES.items()}
+
 
 BACKENDS = ("cpu", "neural")
 MODEL_STAGES = ("stereo", "tracking", "segmentation")

@@ -24,8 +24,7 @@ from s4d_ray.io.overlap import OutputPathError, check_output
 from s4d_ray.io.writer import FAILURES_DIR, NPZ_DIR, PARQUET_DIR
 
 if TYPE_CHECKING:
-    from s4d_ray.engine.config import PipelineConfig
-    from s4d_ray.engine.stage_list import StageResources
+    from s4d_ray.engine.config import PipelineConfig, StageResources
 
 log = logging.getLogger("s4d_ray.engine.preflight")
 

@@ -1,8 +1,9 @@
 """The engine's one stage list: what runs, in which order, how, and on which resources.
 
 Both runners read it — the streamed Ray Data graph (`pipeline.build_dataset`) and the
-in-process runner (`pipeline.run_in_process`) — and `config.stages` keys are checked
-against it. Each entry names its per-clip transform, its kind and its default resources:
+in-process runner (`pipeline.run_in_process`). Each entry names its per-clip transform and its
+kind; its default resources per backend are the configuration's table
+(`config.DEFAULT_RESOURCES`, in the same order: a test holds the two together):
 
 - `task`: a stateless CPU transform, `process(row, job) -> row`, run as Ray tasks;
 - `actor`: a model pinned in an actor pool: `setup(job)` loads it once per actor,
@@ -10,42 +11,25 @@ against it. Each entry names its per-clip transform, its kind and its default re
 - `reducer`: a batch of clips per call (`batch_size(config)` of them): `setup(job)` once per
   actor (or per task when the stage holds no state), `process(rows, state) -> rows`.
 
-Adding a stage = one `StageSpec` here + its transform in `clip_stages`.
+Adding a stage = one `StageSpec` here + its transform in `clip_stages` + its row of
+`config.DEFAULT_RESOURCES`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from s4d_ray.engine import clip_stages
 from s4d_ray.engine.clip_stages import DENSE_DEPTH, DENSE_FRAMES, RECORD_COLUMNS, Stage
+from s4d_ray.engine.config import PipelineConfig, StageResources, default_resources
 from s4d_ray.engine.metrics import report_written
 
-if TYPE_CHECKING:
-    from s4d_ray.engine.config import PipelineConfig
+__all__ = ["STAGE", "STAGES", "StageResources", "StageSpec", "default_resources", "is_pool"]
 
 TASK, ACTOR, REDUCER = "task", "actor", "reducer"
-
-
-@dataclass(frozen=True)
-class StageResources:
-    """Ray resources of one stage, per actor (actor pools) or per task (tasks), and how long
-    one clip may take in it."""
-
-    num_cpus: float = 0.5
-    num_gpus: float = 0.0
-    min_actors: int = 1
-    max_actors: int = 1
-    timeout_s: float = 1800.0
-    """Seconds one clip may spend in a per-clip stage (task or actor) before it becomes a
-    failure row (`StageTimeoutError`) and the job goes on; 0 = no limit. Reducers, which
-    take a batch of clips per call, are not timed out."""
-    custom_resources: dict[str, float] = field(default_factory=dict)
-    """Ray custom resources per actor/task, e.g. {"s4d_gpu_node": 0.25} to place a model pool
-    on the nodes started with `ray start --resources '{"s4d_gpu_node": 1}'`."""
 
 
 @dataclass(frozen=True)
@@ -68,8 +52,6 @@ class StageSpec(Stage):
     process: Callable[..., Any] = lambda item, context: item
     setup: Callable[[Job], Any] = _job
     batch_size: Callable[[PipelineConfig], int] | None = None
-    resources: dict[str, StageResources] = field(default_factory=dict)
-    """Default resources per backend ('cpu', 'neural')."""
 
     @property
     def actor_name(self) -> str:
@@ -146,7 +128,6 @@ STAGES: tuple[StageSpec, ...] = (
         process=lambda row, job: clip_stages.decode_and_rectify(
             row, job.config.max_npz_bytes, dense=job.config.dense
         ),
-        resources={"cpu": StageResources(num_cpus=1.0), "neural": StageResources(num_cpus=2.0)},
     ),
     StageSpec(
         "stereo",
@@ -155,10 +136,6 @@ STAGES: tuple[StageSpec, ...] = (
         kind=ACTOR,
         setup=setup_stereo,
         process=lambda row, matcher: clip_stages.stereo_depth(row, matcher),
-        resources={
-            "cpu": StageResources(num_cpus=0.5),
-            "neural": StageResources(num_cpus=1.0, num_gpus=0.25, max_actors=4),
-        },
     ),
     StageSpec(
         "segmentation",
@@ -167,10 +144,6 @@ STAGES: tuple[StageSpec, ...] = (
         kind=ACTOR,
         setup=setup_segmentation,
         process=lambda row, segmenter: clip_stages.segment_classes(row, segmenter),
-        resources={
-            "cpu": StageResources(num_cpus=0.1),
-            "neural": StageResources(num_cpus=1.0, num_gpus=0.125, max_actors=2),
-        },
     ),
     StageSpec(
         "tracking",
@@ -184,10 +157,6 @@ STAGES: tuple[StageSpec, ...] = (
         kind=ACTOR,
         setup=setup_tracking,
         process=lambda row, tracker: clip_stages.track_points(row, tracker),
-        resources={
-            "cpu": StageResources(num_cpus=0.5),
-            "neural": StageResources(num_cpus=1.0, num_gpus=0.5, max_actors=8),
-        },
     ),
     StageSpec(
         "lift",
@@ -204,7 +173,6 @@ STAGES: tuple[StageSpec, ...] = (
         process=lambda row, job: clip_stages.lift_and_filter(
             row, job.config.min_tracks, dense=job.config.dense
         ),
-        resources={"cpu": StageResources(num_cpus=0.5), "neural": StageResources(num_cpus=1.0)},
     ),
     StageSpec(
         "optimize",
@@ -214,10 +182,6 @@ STAGES: tuple[StageSpec, ...] = (
         setup=setup_optimizer,
         process=lambda rows, optimize_rows: optimize_rows(rows),
         batch_size=lambda config: config.optimizer.clips_per_batch,
-        resources={
-            "cpu": StageResources(num_cpus=0.5),
-            "neural": StageResources(num_cpus=2.0, max_actors=2),
-        },
     ),
     StageSpec(
         "write",
@@ -225,7 +189,6 @@ STAGES: tuple[StageSpec, ...] = (
         kind=REDUCER,
         process=lambda rows, job: report_written(clip_stages.write_rows(rows, job.output)),
         batch_size=lambda config: config.clips_per_shard,
-        resources={"cpu": StageResources(num_cpus=0.25), "neural": StageResources(num_cpus=0.5)},
     ),
 )
 STAGE: dict[str, StageSpec] = {spec.name: spec for spec in STAGES}
@@ -234,10 +197,3 @@ STAGE: dict[str, StageSpec] = {spec.name: spec for spec in STAGES}
 def is_pool(spec: StageSpec) -> bool:
     """Whether the stage runs in an actor pool (it holds state set up once per actor)."""
     return spec.kind == ACTOR or (spec.kind == REDUCER and spec.setup is not _job)
-
-
-def default_resources(backend: str) -> dict[str, StageResources]:
-    """Each stage's default resources on `backend`. CPU shares are fractional so that actor
-    pools never starve the decode tasks on small machines; on `neural`, models get fractional
-    GPUs sized to their share of the work (BootsTAP dominates)."""
-    return {spec.name: spec.resources[backend] for spec in STAGES}

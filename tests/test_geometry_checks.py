@@ -51,13 +51,11 @@ def test_a_field_of_view_eight_percent_off_is_refused_naming_the_field() -> None
     assert info.value.stage == "calibration" and "sidecar" in info.value.message
 
 
-def test_a_field_of_view_five_percent_too_narrow_is_kept_but_recorded() -> None:
-    """5 % is within what a biased matcher gives right geometry on some scenes: not refused,
-    the estimate is stored for the user to see (and logged)."""
+def test_a_field_of_view_five_percent_too_narrow_is_refused() -> None:
     fmt, frames = rendered()
     narrow = replace(fmt, fov_bounds=(-85.5, 85.5, -85.5, 85.5))
-    calibration = calibrate_frames(list(frames), "v", CONFIG, narrow)
-    assert 1.02 < calibration.field_scale < 1.07  # read 5 % narrow: the field looks wider
+    with pytest.raises(StageError, match="wrong geometry"):
+        calibrate_frames(list(frames), "v", CONFIG, narrow)
 
 
 def test_a_fisheye_read_as_equirect_is_refused() -> None:

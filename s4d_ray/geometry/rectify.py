@@ -33,7 +33,7 @@ from s4d_ray.io.ids import validate_clip_id
 from s4d_ray.io.overlap import check_output
 from s4d_ray.io.stereo_format import StereoFormat
 from s4d_ray.io.video import decode_frames_at, probe_video, write_video
-from s4d_ray.io.video_lookup import VIDEO_FORMAT_EXTRA, RawVideo, find_raw_video
+from s4d_ray.io.video_lookup import VIDEO_FORMAT_EXTRA, RawVideo, find_raw_video, release_format
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +101,6 @@ def rectify_maps(
         for eye in range(2)
     )
     return RectifyMaps(left=left, right=right)
-
-
-def release_format(record: ClipRecord) -> StereoFormat:
-    """The release's packing: side-by-side equirect over the record's `fov_bounds`."""
-    left, right, top, bottom = (float(b) for b in record.fov_bounds)  # [4], validated
-    return StereoFormat(fov_bounds=(left, right, top, bottom))
 
 
 def remap_eye(image: np.ndarray, eye_map: tuple[np.ndarray, np.ndarray]) -> np.ndarray:

@@ -14,6 +14,7 @@ that reads raw video uses.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import posixpath
@@ -24,7 +25,11 @@ from typing import Any
 from s4d_ray.errors import InputError, VideoError
 from s4d_ray.io import fs
 from s4d_ray.io.ids import VIDEO_ID_RE, validate_video_id
-from s4d_ray.io.spherical import SphericalMetadataError, read_spherical_metadata
+from s4d_ray.io.spherical import (
+    SphericalMetadata,
+    SphericalMetadataError,
+    read_spherical_metadata,
+)
 from s4d_ray.io.stereo_format import (
     StereoFormat,
     StereoFormatError,
@@ -122,18 +127,30 @@ class RawVideo:
     format: StereoFormat
 
 
-def declared_format_values(uri: str) -> list[tuple[str, dict[str, Any]]]:
-    """[('sidecar', values), ('metadata', values)] of a raw video, highest precedence first
-    (headers only: nothing is decoded). StereoFormatError naming the file when either says
-    something unusable."""
+@functools.lru_cache(maxsize=256)
+def _spherical_metadata(uri: str) -> SphericalMetadata:
+    """A raw video's spherical metadata, read once per worker process: every clip of a
+    release video asks for it, and a long video's `moov` is megabytes."""
     try:
         with fs.open_input(uri) as handle:
-            metadata = read_spherical_metadata(handle)
+            return read_spherical_metadata(handle)
     except SphericalMetadataError as e:
         raise StereoFormatError(f"{uri!r}: unreadable spherical metadata: {e}") from None
+
+
+def declared_format_values(uri: str) -> list[tuple[str, dict[str, Any]]]:
+    """[('sidecar', values), ('metadata', values)] of a raw video, highest precedence first
+    (headers only: nothing is decoded; the sidecar, a few bytes, is read every time).
+    StereoFormatError naming the file when either says something unusable."""
+    metadata = _spherical_metadata(uri)
     sidecar = read_sidecar(uri)
     # a sidecar's projection settles it; otherwise the release's bounds do (release mode)
     return [("sidecar", sidecar), ("metadata", metadata_values(metadata, uri, False))]
+
+
+def release_format(record: Any) -> StereoFormat:
+    """The release's packing: side-by-side equirect over the record's `fov_bounds`."""
+    return StereoFormat(fov_bounds=as_bounds(record.fov_bounds), sources={"fov_bounds": "release"})
 
 
 def carried_format(record: Any) -> StereoFormat | None:
@@ -154,10 +171,7 @@ def find_raw_video(folder: str, record: Any, stage: str = "decode") -> RawVideo:
         carried = carried_format(record)
         if carried is not None:
             return RawVideo(uri, carried)
-        release = StereoFormat(
-            fov_bounds=as_bounds(record.fov_bounds),
-            sources={"fov_bounds": "release"},
-        )
+        release = release_format(record)
         return RawVideo(uri, resolve_format(declared_format_values(uri), uri, release))
     except (StereoFormatError, json.JSONDecodeError) as e:
         raise VideoError(record.name, stage, str(e)) from None

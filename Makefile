@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m s4d_ray.synthetic.demo --out $(DEMO_OUT)
+	$(BIN)/s4d demo --out $(DEMO_OUT)
 
 # CI's suite: ruff, mypy, then every case not marked slow plus the one end-to-end job (marked e2e)
 test: $(STAMP)

@@ -297,7 +297,7 @@ def run_measured_in_process(
     """The same stages one after another in this process, no Ray (`run_in_process`): the
     models' own memory and time, with no cluster to lose."""
     from s4d_ray.engine.clip_stages import input_rows
-    from s4d_ray.engine.pipeline import run_in_process
+    from s4d_ray.engine.runner import run_in_process
 
     sampler = Sampler(os.path.join(output, "npz"), args.interval, store=False)
     sampler.start()

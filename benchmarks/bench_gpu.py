@@ -4,8 +4,9 @@ the whole neural pipeline on a few synthetic clips, printed as ONE table.
 Random weights at the pipeline's shapes (the real files cannot be downloaded here; speed and
 memory do not depend on the values). The three engine models are written as checkpoints in
 the formats the engine loads (SEA-RAFT safetensors, BootsTAP `.pt` state dict, DeepLab converted
-safetensors) by the library's own writers, and run through the stage classes as the pipeline
-runs them:
+safetensors) by the library's own writers — with --tiny, each backend's own tiny model
+(`s4d_ray.stages.base.tiny_options`) —, and run through the stage classes as the pipeline runs
+them:
 
   SEA-RAFT     `StereoMatcher('neural')` on T left/right 512² frames: 2T pairs (fwd + bwd),
                each at half resolution (256²) as the stage runs it            -> pairs/s
@@ -59,22 +60,12 @@ from typing import Any
 
 import numpy as np
 
-MODELS = ("sea_raft", "bootstap", "deeplab", "dynadust3r", "tracksto4d")
-PRECISIONS = ("fp32", "bf16")
-MODEL_STAGES = ("stereo", "tracking", "segmentation")
+from s4d_ray.models.device import PRECISIONS
+from s4d_ray.stages.base import MODEL_STAGES
 
-TINY_SEA_RAFT = {  # official SEA-RAFT config keys of a tiny network (same code paths)
-    "use_var": True,
-    "var_min": 0,
-    "var_max": 10,
-    "pretrain": "resnet18",
-    "initial_dim": 8,
-    "block_dims": [8, 12, 16],
-    "radius": 2,
-    "dim": 8,
-    "num_blocks": 1,
-    "iters": 2,
-}
+MODELS = ("sea_raft", "bootstap", "deeplab", "dynadust3r", "tracksto4d")
+BENCH_PRECISIONS = ("fp32", "bf16")
+"""The precisions measured by default (`--precisions`, any of `PRECISIONS`)."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +74,6 @@ class Shapes:
 
     frames: int = 32  # T of a clip (stereo, tracking, segmentation inputs)
     size: int = 512  # rectified frame side (px)
-    sea_raft: dict[str, Any] | None = None  # None: spring-M, the default checkpoint
     tapir_resolution: int = 512
     tapir_initial_resolution: tuple[int, int] = (256, 256)
     query_stride: int = 8  # one query frame's grid: (size / stride)² queries
@@ -98,14 +88,13 @@ class Shapes:
     clips: int = 4
     clip_frames: int = 24
     clip_height: int = 512  # equirect eye height of the synthetic raw video
-    tiny: bool = False  # the pipeline also gets tiny model options
+    tiny: bool = False  # each engine model's tiny config (SEA-RAFT: not spring-M), everywhere
 
 
 GPU_SHAPES = Shapes()
 TINY_SHAPES = Shapes(
     frames=4,
     size=64,
-    sea_raft=TINY_SEA_RAFT,
     tapir_resolution=64,
     tapir_initial_resolution=(32, 32),
     query_stride=16,
@@ -217,14 +206,21 @@ CHECKPOINT_STAGES = {"sea_raft": "stereo", "bootstap": "tracking", "deeplab": "s
 
 def write_checkpoints(
     folder: Path, shapes: Shapes, stages: tuple[str, ...] = MODEL_STAGES
-) -> dict[str, str]:
+) -> dict[str, dict[str, Any]]:
     """Random-weight checkpoints of the engine models of `stages` (default all three), in the
-    official formats the engine loads."""
+    official formats the engine loads; returns each stage's `models.<stage>` options that run
+    its checkpoint. With `shapes.tiny` each neural backend's tiny model and options
+    (`tiny_options`), else the full-size models."""
+    from s4d_ray.stages.base import tiny_options
+
+    if shapes.tiny:
+        return {stage: tiny_options(stage, "neural", folder) for stage in stages}
+
     import torch
     from safetensors.torch import save_model
 
     from s4d_ray.models import deeplab
-    from s4d_ray.models.sea_raft import SEARAFT, SPRING_M_CONFIG, SEARAFTConfig
+    from s4d_ray.models.sea_raft import SEARAFT, SPRING_M_CONFIG
     from s4d_ray.models.tapir import TAPIR
 
     torch.manual_seed(0)
@@ -234,29 +230,26 @@ def write_checkpoints(
         "segmentation": str(folder / "deeplab_xception65_ade20k.safetensors"),
     }
     if "stereo" in stages:
-        config = SEARAFTConfig.from_dict(shapes.sea_raft) if shapes.sea_raft else SPRING_M_CONFIG
-        save_model(SEARAFT(config), paths["stereo"])
+        save_model(SEARAFT(SPRING_M_CONFIG), paths["stereo"])
     if "tracking" in stages:
         torch.save(TAPIR().state_dict(), paths["tracking"])
     if "segmentation" in stages:
         model = deeplab.DeepLabV3Plus(deeplab.DeepLabConfig())
         deeplab.save_converted(model.state_dict(), model.config, paths["segmentation"])
-    return {stage: path for stage, path in paths.items() if stage in stages}
+    return {stage: {"weights_uri": path} for stage, path in paths.items() if stage in stages}
 
 
 # --------------------------------------------------------------------------- the models
 
 
-def bench_sea_raft(device: str, precision: str, shapes: Shapes, weights: dict[str, str]) -> Row:
+Options = dict[str, dict[str, Any]]
+"""Each stage's `models.<stage>` options (`write_checkpoints`)."""
+
+
+def bench_sea_raft(device: str, precision: str, shapes: Shapes, options: Options) -> Row:
     from s4d_ray.stages.stereo import SEARAFTStereo, StereoMatcher
 
-    matcher = StereoMatcher(
-        "neural",
-        weights_uri=weights["stereo"],
-        config=shapes.sea_raft,
-        device=device,
-        precision=precision,
-    )
+    matcher = StereoMatcher("neural", **options["stereo"], device=device, precision=precision)
     rng = np.random.default_rng(0)
     left = rng.integers(0, 256, (shapes.frames, shapes.size, shapes.size, 3), np.uint8)
     right = np.roll(left, -8, axis=2)
@@ -274,7 +267,7 @@ def bench_sea_raft(device: str, precision: str, shapes: Shapes, weights: dict[st
     )
 
 
-def bench_bootstap(device: str, precision: str, shapes: Shapes, weights: dict[str, str]) -> Row:
+def bench_bootstap(device: str, precision: str, shapes: Shapes, options: Options) -> Row:
     import torch
 
     from s4d_ray.models.tapir import TAPIR
@@ -291,7 +284,7 @@ def bench_bootstap(device: str, precision: str, shapes: Shapes, weights: dict[st
     queries = np.stack(np.meshgrid(grid, grid), -1).reshape(-1, 2)
 
     def call() -> None:
-        backend.bind(frames)(shapes.frames // 2, queries)
+        backend(frames)(shapes.frames // 2, queries)
 
     seconds = timed(device, call, shapes.iterations)
     work = len(queries) * shapes.frames
@@ -306,15 +299,14 @@ def bench_bootstap(device: str, precision: str, shapes: Shapes, weights: dict[st
     )
 
 
-def bench_deeplab(device: str, precision: str, shapes: Shapes, weights: dict[str, str]) -> Row:
+def bench_deeplab(device: str, precision: str, shapes: Shapes, options: Options) -> Row:
     from s4d_ray.stages.segmentation import Segmenter
 
     segmenter = Segmenter(
         "neural",
-        weights_uri=weights["segmentation"],
+        **{**options["segmentation"], "input_size": shapes.deeplab_input},
         device=device,
         precision=precision,
-        input_size=shapes.deeplab_input,
     )
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (shapes.frames, shapes.size, shapes.size, 3), np.uint8)
@@ -326,11 +318,11 @@ def bench_deeplab(device: str, precision: str, shapes: Shapes, weights: dict[str
         shapes.frames / seconds,
         seconds,
         float("nan"),  # set by bench_model
-        f"{shapes.frames} frames at {shapes.deeplab_input}², batch {segmenter.batch_size}",
+        f"{shapes.frames} frames at {shapes.deeplab_input}², batch {segmenter.options.batch_size}",
     )
 
 
-def bench_dynadust3r(device: str, precision: str, shapes: Shapes, weights: dict[str, str]) -> Row:
+def bench_dynadust3r(device: str, precision: str, shapes: Shapes, options: Options) -> Row:
     import torch
 
     from s4d_ray.dynadust3r.inference import predict_pairs
@@ -355,7 +347,7 @@ def bench_dynadust3r(device: str, precision: str, shapes: Shapes, weights: dict[
     return Row("DynaDUSt3R", precision, "pairs/s", pairs / seconds, seconds, note=note)
 
 
-def bench_tracksto4d(device: str, precision: str, shapes: Shapes, weights: dict[str, str]) -> Row:
+def bench_tracksto4d(device: str, precision: str, shapes: Shapes, options: Options) -> Row:
     try:
         from s4d_ray.models.tracksto4d import TracksTo4D, TracksTo4DConfig
     except ImportError as error:
@@ -397,7 +389,7 @@ BENCHES = {
 }
 
 
-def bench_model(name: str, device: str, precision: str, shapes: Shapes, weights) -> Row:
+def bench_model(name: str, device: str, precision: str, shapes: Shapes, options: Options) -> Row:
     """One model in one precision; an error (e.g. out of memory) becomes the row's note."""
     import torch
 
@@ -406,7 +398,7 @@ def bench_model(name: str, device: str, precision: str, shapes: Shapes, weights)
         torch.cuda.empty_cache()
     try:
         with PeakMemory(device) as memory:  # model set-up, warm-up and timed calls
-            row = BENCHES[name](device, precision, shapes, weights)
+            row = BENCHES[name](device, precision, shapes, options)
     except Exception as error:  # report and go on: one table for everything
         return Row(name, precision, "", note=f"FAILED {type(error).__name__}: {str(error)[:120]}")
     row.peak_mib = memory.peak_mib
@@ -445,27 +437,26 @@ def pipeline_cpus(config: Any) -> int:
     actor pool at its minimum size plus one task of the hungriest task stage (the engine's
     preflight rule). A small machine's local Ray gets at least that many, as
     cluster/local_head.sh gives more logical CPUs than cores."""
-    from s4d_ray.engine.stage_list import STAGES, is_pool
+    from s4d_ray.engine.stage_list import STAGES
 
     pools = sum(
         config.stages[spec.name].min_actors * config.stages[spec.name].num_cpus
         for spec in STAGES
-        if is_pool(spec)
+        if spec.pooled
     )
-    task = max(
-        (config.stages[spec.name].num_cpus for spec in STAGES if not is_pool(spec)), default=0
-    )
+    task = max((config.stages[spec.name].num_cpus for spec in STAGES if not spec.pooled), default=0)
     return math.ceil(pools + task)
 
 
 def bench_pipeline(
-    device: str, precision: str, shapes: Shapes, weights: dict[str, str], root: str, runner: str
+    device: str, precision: str, shapes: Shapes, options: Options, root: str, runner: str
 ) -> PipelineRun:
     """Warm-up clip, then K clips through the engine: `run_pipeline` (Ray Data, streamed) or
     `run_in_process` (the same stage list one clip after another, no Ray)."""
     from s4d_ray.engine.clip_stages import input_rows
     from s4d_ray.engine.config import config_from_dict
-    from s4d_ray.engine.pipeline import run_in_process, run_pipeline
+    from s4d_ray.engine.pipeline import run_pipeline
+    from s4d_ray.engine.runner import run_in_process
     from s4d_ray.geometry.rectify import LowResolutionWarning
     from s4d_ray.synthetic.synth import SynthConfig, synth_dataset
 
@@ -481,19 +472,10 @@ def bench_pipeline(
         ),
     )
     npz, raw = os.path.join(data, "npz"), os.path.join(data, "raw")
-    models: dict[str, Any] = {
-        "precision": precision,
-        "stereo": {"weights_uri": weights["stereo"]},
-        "tracking": {"weights_uri": weights["tracking"]},
-        "segmentation": {"weights_uri": weights["segmentation"]},
-    }
+    models: dict[str, Any] = {"precision": precision, **options}
     stages: dict[str, Any] = {}
-    if shapes.tiny:
-        models["stereo"]["config"] = shapes.sea_raft
-        models["tracking"].update(
-            resolution=shapes.tapir_resolution, query_stride=32, query_frame_interval=4
-        )
-        models["segmentation"]["input_size"] = shapes.deeplab_input
+    if shapes.tiny:  # a denser grid than the tiny model's, queried more often
+        models["tracking"] = {**options["tracking"], "query_stride": 32, "query_frame_interval": 4}
     if device != "cuda":  # no GPU: the model actors must not ask Ray for one
         stages = {name: {"num_gpus": 0.0} for name in MODEL_STAGES}
     config = config_from_dict(
@@ -581,7 +563,7 @@ def describe(name: str, shapes: Shapes) -> str:
     queries = len(np.arange(shapes.query_stride / 2, shapes.size, shapes.query_stride)) ** 2
     return {
         "sea_raft": f"{2 * shapes.frames} pairs {shapes.size}² at half res, "
-        + ("a tiny config" if shapes.sea_raft else "spring-M"),
+        + ("a tiny config" if shapes.tiny else "spring-M"),
         "bootstap": f"{queries} queries x {shapes.frames} frames at {shapes.tapir_resolution}²",
         "deeplab": f"{shapes.frames} frames at {shapes.deeplab_input}², Xception-65",
         "dynadust3r": f"{shapes.dust3r_pairs} pairs {shapes.dust3r_size}², "
@@ -626,9 +608,11 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny configs and inputs (CPU check)")
     parser.add_argument("--device", default="auto", help="auto | cuda | cpu")
     parser.add_argument("--models", default=",".join(MODELS), help="'' for the pipeline only")
-    parser.add_argument("--precisions", default=",".join(PRECISIONS))
+    parser.add_argument(
+        "--precisions", default=",".join(BENCH_PRECISIONS), help=f"any of {','.join(PRECISIONS)}"
+    )
     parser.add_argument("--skip-pipeline", action="store_true")
-    parser.add_argument("--pipeline-precision", default="bf16")
+    parser.add_argument("--pipeline-precision", default="bf16", choices=PRECISIONS)
     parser.add_argument("--clips", type=int, default=0, help="pipeline clips (0: the preset's)")
     parser.add_argument(
         "--runner",
@@ -647,6 +631,9 @@ def main() -> None:
         if name not in BENCHES:
             parser.error(f"unknown model {name!r}; models: {', '.join(MODELS)}")
     precisions = args.precisions.split(",")
+    for precision in precisions:
+        if precision not in PRECISIONS:
+            parser.error(f"unknown precision {precision!r}; precisions: {', '.join(PRECISIONS)}")
     runner = None if args.skip_pipeline else args.runner or ("in-process" if args.tiny else "ray")
     if args.plan:
         print("\n".join(plan(models, precisions, shapes, runner, args.pipeline_precision)))
@@ -676,16 +663,16 @@ def main() -> None:
             if runner
             else tuple(CHECKPOINT_STAGES[m] for m in models if m in CHECKPOINT_STAGES)
         )
-        weights = write_checkpoints(root, shapes, stages)
+        options = write_checkpoints(root, shapes, stages)
         for name in models:
             for precision in precisions:
-                rows.append(bench_model(name, device, precision, shapes, weights))
+                rows.append(bench_model(name, device, precision, shapes, options))
                 print(json.dumps(dataclasses.asdict(rows[-1])), flush=True)
                 out.write({"kind": "model", **dataclasses.asdict(rows[-1])})
         if runner:
             try:
                 run = bench_pipeline(
-                    device, args.pipeline_precision, shapes, weights, str(root / "pipeline"), runner
+                    device, args.pipeline_precision, shapes, options, str(root / "pipeline"), runner
                 )
                 pipeline_lines = pipeline_report(run, shapes, args.pipeline_precision)
                 out.write(

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from s4d_ray.geometry.pose_metrics import ate_se3, ate_sim3, relative_eye_rotation_error_deg, rpe
-from s4d_ray.geometry.rectify import LowResolutionWarning, rectify_clip
+from s4d_ray.geometry.rectify import LowResolutionWarning
 from s4d_ray.io.clip_io import read_clip
+from s4d_ray.io.rectify import rectify_clip
 from s4d_ray.io.stereo_format import StereoFormat
 from s4d_ray.io.video import decode_frames_at
 from s4d_ray.ownvideo.calibration import calibrate_frames, sample_timestamps, vertical_disparity_px
@@ -70,7 +71,7 @@ def track_accuracy(root: Path, truth_npz: Path, ours, work: Path) -> dict:
     on the release-style GT npz and on our posed clip (same frames), side by side."""
     from s4d_ray.engine.clip_stages import input_rows
     from s4d_ray.engine.config import PipelineConfig
-    from s4d_ray.engine.pipeline import run_in_process
+    from s4d_ray.engine.runner import run_in_process
     from s4d_ray.io.clip_io import write_clip
     from s4d_ray.synthetic.evaluate import evaluate_clip
     from s4d_ray.synthetic.synth import load_ground_truth

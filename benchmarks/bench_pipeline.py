@@ -2,7 +2,8 @@
 
 On K synthetic clips with the CPU backends:
   * sequential: every stage of every clip in this process, no Ray (`run_in_process`);
-  * streamed: the Ray Data pipeline on a local Ray cluster (started before timing);
+  * streamed: the job on a local Ray cluster (started before timing): the Ray Data pipeline,
+    then the run report, as `s4d run` does (`engine.command.run_job`);
   * Ray overhead on one clip: streamed wall time of a single clip minus its sequential time.
 
     python -m benchmarks.bench_pipeline [--clips 4] [--frames 16] [--height 512]
@@ -18,8 +19,9 @@ import time
 import warnings
 
 from s4d_ray.engine.clip_stages import input_rows
+from s4d_ray.engine.command import run_job
 from s4d_ray.engine.config import PipelineConfig
-from s4d_ray.engine.pipeline import run_in_process, run_pipeline
+from s4d_ray.engine.runner import run_in_process
 from s4d_ray.geometry.rectify import LowResolutionWarning
 from s4d_ray.synthetic.synth import SynthConfig, synth_dataset
 
@@ -54,9 +56,9 @@ def main() -> None:
         t0 = time.perf_counter()
         ray.init(num_cpus=max(os.cpu_count() or 1, 4), include_dashboard=False)
         ray_start = time.perf_counter() - t0
-        run_pipeline(npz, os.path.join(root, "warm_ray"), config, videos=raw, limit=1)
+        run_job(npz, os.path.join(root, "warm_ray"), config, videos=raw, limit=1)
         t0 = time.perf_counter()
-        streamed = run_pipeline(npz, os.path.join(root, "streamed"), config, videos=raw)
+        streamed = run_job(npz, os.path.join(root, "streamed"), config, videos=raw)
         streamed_s = time.perf_counter() - t0
 
         one_npz = os.path.join(root, "one")
@@ -64,7 +66,7 @@ def main() -> None:
         first = sorted(os.listdir(npz))[0]
         os.link(os.path.join(npz, first), os.path.join(one_npz, first))
         t0 = time.perf_counter()
-        run_pipeline(one_npz, os.path.join(root, "one_ray"), config, videos=raw)
+        run_job(one_npz, os.path.join(root, "one_ray"), config, videos=raw)
         one_ray = time.perf_counter() - t0
         t0 = time.perf_counter()
         run_in_process(input_rows(one_npz, raw)[0], config, os.path.join(root, "one_local"))

@@ -30,8 +30,8 @@ import numpy as np
 
 from s4d_ray.engine.clip_stages import decode_and_rectify, input_rows, stereo_depth
 from s4d_ray.engine.config import PipelineConfig
-from s4d_ray.engine.pipeline import run_in_process
-from s4d_ray.engine.stage_list import Job, setup_stereo
+from s4d_ray.engine.runner import run_in_process
+from s4d_ray.engine.stage_list import Job, setup_model
 from s4d_ray.geometry.rectify import LowResolutionWarning
 from s4d_ray.io.clip_io import read_clip
 from s4d_ray.io.dense import decode_depth, encode_depth
@@ -144,7 +144,7 @@ def main() -> None:
         rows, _ = input_rows(npz, raw)
 
         row = decode_and_rectify(dict(rows[0]))
-        row = stereo_depth(row, setup_stereo(Job(PipelineConfig(), root)))
+        row = stereo_depth(row, setup_model("stereo", Job(PipelineConfig(), root)))
         table = encoding_table(row["left"], row["depth"])
         valid = 100 * (row["depth"] > 0).mean()
         print(f"encodings (one clip, {len(row['left'])} frames, valid depth {valid:.0f} %):")

@@ -19,8 +19,9 @@ import warnings
 import cv2
 import numpy as np
 
-from s4d_ray.geometry.rectify import LowResolutionWarning, rectify_clip, rectify_frame_two_step
+from s4d_ray.geometry.rectify import LowResolutionWarning, rectify_frame_two_step
 from s4d_ray.io.clip_io import read_clip
+from s4d_ray.io.rectify import rectify_clip
 from s4d_ray.synthetic.synth import SynthConfig, synth_clip
 
 
@@ -35,7 +36,9 @@ def reference_rectify(record, video_path: str) -> tuple[np.ndarray, np.ndarray]:
         ok, image = capture.read()
         if not ok:
             raise RuntimeError(f"no frame at {timestamp} µs")
-        left, right = rectify_frame_two_step(np.ascontiguousarray(image[..., ::-1]), record)
+        left, right = rectify_frame_two_step(
+            np.ascontiguousarray(image[..., ::-1]), record.rectified2rig, record.fov_bounds
+        )
         lefts.append(left)
         rights.append(right)
     capture.release()

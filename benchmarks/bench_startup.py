@@ -208,11 +208,11 @@ def old_plan(npz: str, output: str, rectified: str) -> tuple[list[dict], set[str
     """The start-up before: every shard opened one by one, `exists` per rectified clip."""
     import pyarrow.parquet as pq
 
-    from s4d_ray.engine.clip_stages import clip_spec
-    from s4d_ray.geometry.rectify import find_rectified_videos
+    from s4d_ray.engine.rows import clip_spec
     from s4d_ray.io import fs
     from s4d_ray.io.clip_io import npz_stem
     from s4d_ray.io.ids import validate_clip_id
+    from s4d_ray.io.rectify import find_rectified_videos
 
     in_npz = {npz_stem(u) for u in old_list_files(fs.join(output, "npz"), ".npz")}
     in_shards: set[str] = set()

@@ -31,7 +31,9 @@ import time
 
 import numpy as np
 
-from s4d_ray.engine.clip_stages import clip_spec, lift_and_filter, segment_classes, track_points
+from s4d_ray.engine.clip_stages import lift_and_filter, segment_classes, track_points
+from s4d_ray.engine.rows import clip_spec
+from s4d_ray.geometry.camera import RELEASE_CAMERA
 from s4d_ray.stages.tracking import Tracker
 from s4d_ray.synthetic.synth import build_scene, render_rectified
 
@@ -73,7 +75,13 @@ def render_clip(seed: int, frames: int, size: int, pan_only: bool = False) -> di
 def run_clip(clip: dict, skip: bool, stride: int, interval: int) -> tuple[dict, dict, float]:
     """Segmentation (ground truth) -> tracking -> lift/filter; returns (row, counts, track s)."""
     row = clip_spec("bench_1", "x.npz", videos_root="v")
-    row.update(left=clip["left"], depth=clip["depth"], camera2world=clip["camera2world"])
+    camera = dataclasses.replace(RELEASE_CAMERA, size_px=clip["left"].shape[2])
+    row.update(
+        left=clip["left"],
+        depth=clip["depth"],
+        camera2world=clip["camera2world"],
+        camera=camera.to_json(),
+    )
     row = segment_classes(row, GroundTruthLabeller(clip["labels"]))
     packed_bytes = int(row["label_classes"].nbytes)
     tracker = Tracker(

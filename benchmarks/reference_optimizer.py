@@ -10,9 +10,10 @@ It keeps the reference's algorithmic shape on purpose, including its costs:
   with a jitted step function driven by a Python loop of 100 steps (the step function is
   re-created, hence re-compiled, for every chunk).
 
-The one interface change: the reference derives the motion scores from its `Track3d` object;
-here they are an input, as in `s4d_ray.track.optimize`. Not a library module: import it only from
-benchmarks and tests.
+The interface changes: the reference derives the motion scores from its `Track3d` object;
+here they are an input, as in `s4d_ray.track.optimize`, and its hyperparameters come from that
+module's `OptimizerSettings` (whose defaults are the reference's values). Not a library module:
+import it only from benchmarks and tests.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from s4d_ray.track.optimize import DEFAULT_SETTINGS, OptimizerSettings
 
 REFERENCE_CHUNK_TRACKS = 10_000
 
@@ -170,11 +173,13 @@ def reference_optimize_tracks(
     camera_centers: np.ndarray,
     motion: np.ndarray,
     *,
+    settings: OptimizerSettings = DEFAULT_SETTINGS,
     chunk_tracks: int = REFERENCE_CHUNK_TRACKS,
     dtype: type = np.float32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reference pipeline: `points [N,T,3]` m, `visible [N,T]`, `camera_centers [T,3]` m,
-    `motion [N,T]` px -> (`points_opt [N,T,3]` m, dilated `mask [N,T]` bool).
+    `motion [N,T]` px -> (`points_opt [N,T,3]` m, dilated `mask [N,T]` bool), optimised with
+    the hyperparameters `settings`.
 
     Points outside the mask come out NaN, as in the reference: there the static loss's
     sqrt(0) makes the gradient NaN, which Adam carries into the offset. `dtype=np.float64`
@@ -182,7 +187,8 @@ def reference_optimize_tracks(
     """
     centers = np.tile(np.asarray(camera_centers, dtype)[None], (len(points), 1, 1))
     dilate_tracks = jax.vmap(dilate_zeros, in_axes=(0, None))
-    masks = np.asarray(dilate_tracks(jnp.asarray(visible, dtype), 5)[..., None].astype(bool))
+    window = settings.dilation_window
+    masks = np.asarray(dilate_tracks(jnp.asarray(visible, dtype), window)[..., None].astype(bool))
     masked_points = np.asarray(points, dtype) * masks
     motion = np.asarray(motion, dtype)
     optimize_tracks_vmap = jax.vmap(
@@ -197,12 +203,12 @@ def reference_optimize_tracks(
                 centers[start:stop],
                 masks[start:stop],
                 motion[start:stop],
-                20,
-                0.1,
-                100.0,
-                100.0,
-                100,
-                0.05,
+                settings.motion_threshold,
+                settings.lambda_reg,
+                settings.w_static,
+                settings.w_dynamic,
+                settings.num_steps,
+                settings.learning_rate,
             )
         )
     offsets = jnp.concatenate(offsets, axis=0)

@@ -12,27 +12,11 @@ Your own VR180 videos: leave out --npz; every <video_id>.mp4 under --videos is s
 clips, its rig calibrated (OUTPUT/calibration/) and each clip posed (OUTPUT/ownvideo/) first.
 """
 
-from __future__ import annotations
-
-import argparse
-import logging
 import os
 import sys
 
-if __package__ in (None, ""):  # `python jobs/process_clips.py` from a Ray working dir
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from s4d_ray.engine.command import add_arguments, run  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    return run(parser.parse_args(argv))
-
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # Ray working dir
+from s4d_ray.cli import job_main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(job_main(__file__))

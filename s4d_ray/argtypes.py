@@ -1,11 +1,26 @@
-"""argparse value types with ranges: a bad command-line value is a one-line usage error
-(exit 2) naming the flag, never a traceback from deep inside a job."""
+"""The command line's building blocks: argparse value types with ranges (a bad value is a
+one-line usage error, exit 2, naming the flag, never a traceback from deep inside a job) and
+`Command`, what each capability's `command.py` declares per subcommand."""
 
 from __future__ import annotations
 
 import argparse
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Command:
+    """One `s4d` subcommand (and, for a job, its `jobs/*.py` script): its flags and its run.
+
+    `add_arguments(parser)` declares the flags; `run(args) -> exit status` does the work and
+    raises on failure (`s4d_ray.cli` maps every error to its exit status in one place)."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
 
 
 def int_range(

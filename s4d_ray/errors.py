@@ -1,9 +1,17 @@
-"""Errors that name the clip and the pipeline stage, so a failure record says what broke where."""
+"""Errors that name the clip and the pipeline stage, so a failure record says what broke where.
+
+Every exception class of s4d-ray derives from `S4DError`; `exit_code` maps them to a
+command's exit status in one place."""
 
 from __future__ import annotations
 
 
-class StageError(RuntimeError):
+class S4DError(Exception):
+    """The base of every s4d-ray error: `except S4DError` catches what this library raises on
+    purpose, and lets bugs (and errors of the libraries underneath) through."""
+
+
+class StageError(S4DError, RuntimeError):
     """A clip failed in one stage; the job records it and goes on with the other clips."""
 
     def __init__(self, clip_id: str, stage: str, message: str):
@@ -17,7 +25,7 @@ class VideoError(StageError):
     """A video that cannot be opened, decoded, or does not hold the frames a clip asks for."""
 
 
-class InputError(ValueError):
+class InputError(S4DError, ValueError):
     """A file, folder or value handed to a command that cannot be used; the message names it.
 
     Commands map it (and StageError, OSError) to one line on stderr and exit status 2
@@ -29,7 +37,7 @@ class ResourceLimitError(InputError):
     the limit set for it; the message names the file, the size and the setting that raises it."""
 
 
-class JobAbortedError(RuntimeError):
+class JobAbortedError(S4DError, RuntimeError):
     """A job stopped on purpose before its end (too many of its clips failed): exit 3."""
 
 

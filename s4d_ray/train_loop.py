@@ -24,8 +24,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar
 
+from s4d_ray.argtypes import float_range, int_range
+from s4d_ray.errors import InputError
 from s4d_ray.io import fs
-from s4d_ray.models.device import autocast_dtype, check_precision
+from s4d_ray.models.device import PRECISIONS, autocast_dtype, check_precision
 
 if TYPE_CHECKING:  # torch is imported where it runs: the sample readers need none of it
     import torch
@@ -338,24 +340,28 @@ def add_run_arguments(parser: argparse.ArgumentParser, init_help: str, batch_hel
     start = parser.add_mutually_exclusive_group(required=True)
     start.add_argument("--init", help=init_help)
     start.add_argument("--tiny", action="store_true", help="tiny random model (tests, CPU)")
-    parser.add_argument("--steps", type=int, default=1000, help="total optimiser steps")
-    parser.add_argument("--batch-size", type=int, default=4, help=batch_help)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--limit", type=int, default=None, help="use at most N clips")
+    parser.add_argument("--steps", type=int_range(1), default=1000, help="total optimiser steps")
+    parser.add_argument("--batch-size", type=int_range(1), default=4, help=batch_help)
+    parser.add_argument("--lr", type=float_range(0, low_open=True), default=1e-4)
+    parser.add_argument("--limit", type=int_range(1), default=None, help="use at most N clips")
+    parser.add_argument("--precision", choices=PRECISIONS, default="bf16", help="GPU autocast")
+    parser.add_argument("--checkpoint-every", type=int_range(1), default=500)
     parser.add_argument(
-        "--precision", choices=("fp32", "bf16", "fp16"), default="bf16", help="GPU autocast"
+        "--keep-checkpoints",
+        "--keep",
+        type=int_range(1),
+        default=2,
+        help="newest N checkpoints kept",
     )
-    parser.add_argument("--checkpoint-every", type=int, default=500)
-    parser.add_argument(
-        "--keep-checkpoints", "--keep", type=int, default=2, help="newest N checkpoints kept"
-    )
-    parser.add_argument("--log-every", type=int, default=10, help="steps between reports")
-    parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--log-every", type=int_range(1), default=10, help="steps between reports")
+    parser.add_argument("--num-workers", type=int_range(1), default=1)
     parser.add_argument("--use-gpu", action="store_true")
-    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
-    parser.add_argument("--torch-threads", type=int, default=0, help="0 = torch's default")
-    parser.add_argument("--max-failures", type=int, default=0, help="worker-group restarts")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cpus-per-worker", type=float_range(0, low_open=True), default=1.0)
+    parser.add_argument("--torch-threads", type=int_range(0), default=0, help="0 = torch's default")
+    parser.add_argument(
+        "--max-failures", type=int_range(-1), default=0, help="worker-group restarts (-1: no limit)"
+    )
+    parser.add_argument("--seed", type=int_range(0), default=0)
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS/local)")
 
 
@@ -364,24 +370,17 @@ def settings_values(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k != "tiny"}
 
 
-def run_job(
-    parser: argparse.ArgumentParser,
-    argv: list[str] | None,
+def run_training(
+    args: argparse.Namespace,
     settings_type: Callable[..., RunSettings],
     train: Callable[[Any], dict[str, Any]],
 ) -> int:
-    """A training job's main: log at INFO, parse, settings (bad values = a parser error),
-    train, print the final step, model file and last metrics as JSON."""
-    import logging
-
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    args = parser.parse_args(argv)
+    """A training command's run: settings from the parsed flags (a bad value is an
+    InputError naming it), train, print the final step, model file and last metrics as JSON."""
     try:
         settings = settings_type(**settings_values(args))
     except ValueError as error:
-        parser.error(str(error))
+        raise InputError(str(error)) from None
     latest = train(settings)
     final = latest["history"][-1] if latest["history"] else {}
     print(json.dumps({"step": latest["step"], "model": latest["model"], **final}, indent=2))

@@ -8,16 +8,12 @@ import shutil
 import numpy as np
 import pytest
 
-from s4d_ray.engine.clip_stages import (
-    TooFewTracksError,
-    clip_spec,
-    input_rows,
-    lift_and_filter,
-    run_stage,
-)
+from s4d_ray.engine.clip_stages import TooFewTracksError, input_rows, lift_and_filter
 from s4d_ray.engine.config import PipelineConfig
-from s4d_ray.engine.pipeline import run_in_process
+from s4d_ray.engine.rows import clip_spec, run_stage
+from s4d_ray.engine.runner import run_in_process
 from s4d_ray.engine.stage_list import STAGE, STAGES
+from s4d_ray.geometry.camera import RectifiedCamera
 from s4d_ray.io.clip_io import read_clip
 
 DECODE, STEREO, LIFT = STAGE["decode"], STAGE["stereo"], STAGE["lift"]
@@ -41,9 +37,14 @@ def test_a_failing_stage_becomes_a_failure_record_with_a_stable_schema():
     assert row["error_stage"] == "decode"
 
 
+def add_depth(row):
+    row["depth"] = np.zeros((1, 2, 2), np.float32)
+    return row
+
+
 def test_stage_timings_are_recorded():
     row = clip_spec("abc_1", "x.npz", videos_root="v")
-    row = run_stage(row, STEREO, lambda r: {**r, "depth": np.zeros((1, 2, 2), np.float32)})
+    row = run_stage(row, STEREO, add_depth)
     assert "stereo" in json.loads(row["timings"]) and row["error_stage"] == ""
 
 
@@ -59,6 +60,7 @@ def test_too_few_tracks_is_an_error():
         "visible": np.ones((num_tracks, num_frames), bool),
         "query_frame": np.zeros(num_tracks, np.int64),
         "point_classes": np.zeros((num_tracks, 0), np.uint8),
+        "camera": RectifiedCamera(8, 60.0, 0.063).to_json(),
     }
     row = run_stage(row, LIFT, lambda r: lift_and_filter(r, min_tracks=1))
     assert row["error_stage"] == "lift" and row["error_type"] == TooFewTracksError.__name__
@@ -93,7 +95,7 @@ def test_whole_pipeline_in_process(synth_dir, tmp_path):
 
 def test_already_rectified_inputs(synth_dir, tmp_path):
     """`--rectified`: the reference's `<id>/<id>-{left,right}_rectified.mp4` instead of raw video."""
-    from s4d_ray.geometry.rectify import rectify_to_files
+    from s4d_ray.io.rectify import rectify_to_files
 
     clip_id = sorted(p.stem for p in (synth_dir / "npz").glob("*.npz"))[0]
     npz = tmp_path / "npz"

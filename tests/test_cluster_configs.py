@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib
 import json
 import math
 import re
@@ -42,6 +41,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from s4d_ray.cli import JOBS, commands
 
 REPO = Path(__file__).resolve().parents[1]
 GCP_YAML = REPO / "cluster" / "gcp_autoscaler.yaml"
@@ -148,9 +149,9 @@ def neural_resources(config_uri: str | None = None) -> dict[str, Any]:
 
 
 def pool_stages() -> set[str]:
-    from s4d_ray.engine.stage_list import STAGES, is_pool
+    from s4d_ray.engine.stage_list import STAGES
 
-    return {spec.name for spec in STAGES if is_pool(spec)}
+    return {spec.name for spec in STAGES if spec.pooled}
 
 
 def fits(node: dict[str, float], cpus: float, gpus: float) -> bool:
@@ -368,9 +369,9 @@ def entrypoint_job(rayjob: dict[str, Any]) -> tuple[str, argparse.Namespace]:
     assert script.parts[:3] == ("/", "app", "jobs"), f"{script} is not /app/jobs/<job>.py"
     local = REPO.joinpath(*script.parts[2:])
     assert local.is_file(), f"{script} would be {local}, which does not exist"
-    module = importlib.import_module(f"jobs.{local.stem}")
+    command = commands()[JOBS[local.stem]]
     parser = argparse.ArgumentParser(prog=script.name)
-    module.add_arguments(parser)
+    command.add_arguments(parser)
     return local.stem, parser.parse_args(argv[2:])
 
 

@@ -116,7 +116,8 @@ def test_sea_raft_config_keys_are_checked():
 def test_bad_config_in_process_exits_2_without_ray(tmp_path, capsys):
     import ray
 
-    from s4d_ray.engine.command import add_arguments, run
+    from s4d_ray.cli import run_command
+    from s4d_ray.engine.command import COMMANDS, add_arguments
 
     path = tmp_path / "job.yaml"
     path.write_text("stages:\n  tracking: {num_gpu: 1}\n")
@@ -126,7 +127,7 @@ def test_bad_config_in_process_exits_2_without_ray(tmp_path, capsys):
         ["--npz", str(tmp_path), "--videos", str(tmp_path), "--output", str(tmp_path / "o"),
          "--config", str(path)]
     )  # fmt: skip
-    assert run(args) == 2
+    assert run_command(COMMANDS[0], args, "s4d run") == 2
     assert "stages.tracking.num_gpu" in capsys.readouterr().err
     assert not ray.is_initialized()
 

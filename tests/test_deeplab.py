@@ -234,7 +234,7 @@ def test_cpu_segmenter_is_disabled_and_says_so():
     assert "drift filter off" in provenance["note"] and provenance["weights_uri"] is None
     with pytest.raises(ValueError, match="backend"):
         segmentation.Segmenter(backend="gpu")
-    with pytest.raises(ValueError, match="cpu backend"):
+    with pytest.raises(ValueError, match="not an option of the cpu segmentation backend"):
         segmentation.Segmenter(backend="cpu", precision="bf16")
 
 

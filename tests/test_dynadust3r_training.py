@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.train_dynadust3r import add_arguments, settings_from_args
+from s4d_ray.dynadust3r.command import add_train_arguments
 from s4d_ray.dynadust3r.data import (
     FilterCounts,
     SampleConfig,
@@ -24,6 +24,7 @@ from s4d_ray.dynadust3r.evaluate import collate, evaluate_model
 from s4d_ray.dynadust3r.loss import LossConfig, dynadust3r_loss
 from s4d_ray.dynadust3r.train import (
     TINY_CONFIG,
+    TrainSettings,
     initial_model,
     make_optimizer,
     read_latest,
@@ -33,9 +34,10 @@ from s4d_ray.dynadust3r.train import (
     train_step,
 )
 from s4d_ray.geometry.camera import intrinsics, invert_poses, rotation_matrix
-from s4d_ray.geometry.rectify import rectify_to_files
 from s4d_ray.io.clip_io import read_clip, write_clip
+from s4d_ray.io.rectify import rectify_to_files
 from s4d_ray.models.dynadust3r import load_dust3r
+from s4d_ray.train_loop import settings_values
 
 torch.set_num_threads(2)
 
@@ -338,23 +340,20 @@ def test_training_job_resumes_from_checkpoint(synth_dir, tmp_path) -> None:
     import ray
 
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    add_train_arguments(parser)
     checkpoints = str(tmp_path / "ckpt")
 
     def job(steps: int) -> dict:
-        return train(
-            settings_from_args(
-                parser.parse_args(
-                [
-                    "--npz", str(synth_dir / "npz"), "--videos", str(synth_dir / "raw"),
-                    "--checkpoint-dir", checkpoints, "--tiny", "--steps", str(steps),
-                    "--batch-size", "2", "--image-size", str(SIZE), "--min-tracks", "16",
-                    "--pairs-per-clip", "2", "--limit", "2", "--checkpoint-every", "2",
-                    "--log-every", "1", "--torch-threads", "1", "--lr", "1e-3",
-                ]
-                )
-            )
+        args = parser.parse_args(
+            [
+                "--npz", str(synth_dir / "npz"), "--videos", str(synth_dir / "raw"),
+                "--checkpoint-dir", checkpoints, "--tiny", "--steps", str(steps),
+                "--batch-size", "2", "--image-size", str(SIZE), "--min-tracks", "16",
+                "--pairs-per-clip", "2", "--limit", "2", "--checkpoint-every", "2",
+                "--log-every", "1", "--torch-threads", "1", "--lr", "1e-3",
+            ]
         )  # fmt: skip
+        return train(TrainSettings(**settings_values(args)))
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:

@@ -475,7 +475,7 @@ def kill_mid_write(uri: str) -> None:
 def test_killed_writers_never_block_a_resume_and_one_run_per_output(
     ray_head, engine_inputs, tmp_path
 ):
-    """Issue 10, high: writers SIGKILLed mid-write left their temp files (this version's and
+    """Writers SIGKILLed mid-write leave their temp files (this version's and
     the old `.tmp-….parquet` / `.tmp-….npz` names, 0 bytes); the resumed job still succeeds,
     removes them and writes each clip once. While it runs, a second run into the same output
     is refused (exit 2, the holder named) instead of writing a second row for a clip. A bad
@@ -527,7 +527,7 @@ def test_killed_writers_never_block_a_resume_and_one_run_per_output(
     assert not (output / ".s4d-lease.json").exists()
 
     # a corrupt shard (not a temp file: damage from outside) is named in the error
-    from s4d_ray.engine.pipeline import completed_clip_ids
+    from s4d_ray.engine.resume import completed_clip_ids
 
     (output / "parquet" / "shard-ffffffffffffffff.parquet").write_bytes(b"")
     with pytest.raises(ValueError, match=r"shard-ffffffffffffffff\.parquet"):

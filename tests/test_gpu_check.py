@@ -145,19 +145,13 @@ def test_sea_raft_on_cuda_matches_the_cpu(tmp_path):
     from benchmarks.bench_gpu import TINY_SHAPES, write_checkpoints
     from s4d_ray.stages.stereo import StereoMatcher
 
-    weights = write_checkpoints(tmp_path, TINY_SHAPES, ("stereo",))
+    options = write_checkpoints(tmp_path, TINY_SHAPES, ("stereo",))["stereo"]
     rng = np.random.default_rng(0)
     left = rng.integers(0, 256, (2, 64, 64, 3), np.uint8)
     right = np.roll(left, -4, axis=2)
 
     def flows(device: str, precision: str) -> tuple[np.ndarray, np.ndarray]:
-        matcher = StereoMatcher(
-            "neural",
-            weights_uri=weights["stereo"],
-            config=TINY_SHAPES.sea_raft,
-            device=device,
-            precision=precision,
-        )
+        matcher = StereoMatcher("neural", **options, device=device, precision=precision)
         return matcher(left, right)
 
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn

@@ -99,7 +99,7 @@ def test_a_cuda_out_of_memory_error_is_the_clips_failure_row_and_the_actor_goes_
         return {**row, "depth": 1}
 
     spec = StageSpec(
-        "stereo", consumes=(), adds={"depth": ("float32", 3)}, kind=ACTOR, process=process
+        "stereo", adds={"depth": ("float32", 3)}, kind=ACTOR, pooled=True, process=process
     )
     metadata = json.dumps({})
     failed = apply(spec, None, {"clip_id": "big", "metadata": metadata, "timings": "{}"})

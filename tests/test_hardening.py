@@ -432,7 +432,7 @@ def test_checkpoint_describing_a_huge_encoder_is_refused_at_once(tmp_path):
 
 
 def test_rectify_refuses_a_nan_field_of_view(tmp_path):
-    from s4d_ray.geometry.rectify import rectify_to_files
+    from s4d_ray.io.rectify import rectify_to_files
 
     with pytest.raises(ValueError, match=r"output_hfov must be in \(0, 180\)"):
         rectify_to_files(NAME, str(tmp_path), str(tmp_path), str(tmp_path), float("nan"))

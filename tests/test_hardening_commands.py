@@ -603,7 +603,7 @@ def test_device_argtype():
 
 
 def test_rectify_output_folder_a_file_is_refused_before_the_work(tmp_path, capsys, monkeypatch):
-    import s4d_ray.geometry.rectify as rectify
+    import s4d_ray.io.rectify as rectify
 
     a_file = tmp_path / "processed"
     a_file.write_text("keep")
@@ -627,8 +627,6 @@ def test_every_numeric_flag_is_typed_and_ranged():
     bare = []
     parser = build_parser()
     for command, sub in parser._subparsers._group_actions[0].choices.items():
-        if command in ("run", "export-pointmaps"):  # their flags are defined in their packages
-            continue
         for action in sub._actions:
             if action.type in (int, float) or (
                 "--device" in action.option_strings and action.type is None

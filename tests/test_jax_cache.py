@@ -12,9 +12,10 @@ REPO = Path(__file__).resolve().parents[1]
 PROGRAM = """
 import numpy as np
 from s4d_ray.track.jax_cache import enable_compilation_cache
+from s4d_ray.geometry.camera import RELEASE_CAMERA
 from s4d_ray.track.lift import motion_displacement
 points = np.random.default_rng(0).normal(0, 1, (3, 6, 3)) + [0, 0, 4]
-motion_displacement(points, np.ones((3, 6), bool), np.tile(np.eye(3, 4), (6, 1, 1)))
+motion_displacement(points, np.ones((3, 6), bool), np.tile(np.eye(3, 4), (6, 1, 1)), RELEASE_CAMERA)
 print(enable_compilation_cache())
 """
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from s4d_ray.geometry.camera import intrinsics, project_points
+from s4d_ray.geometry.camera import RectifiedCamera, intrinsics, project_points
 from s4d_ray.track.lift import (
     MIN_PROJECTION_DEPTH_M,
     camera_centers,
@@ -17,6 +17,7 @@ from s4d_ray.track.lift import (
 
 H = W = 64
 HFOV = 60.0
+CAMERA = RectifiedCamera(W, HFOV, 0.063)
 
 
 def project(
@@ -90,7 +91,9 @@ def test_lift_then_project_round_trips_on_a_non_square_frame():
         ],
         axis=-1,
     )
-    points, valid = lift_tracks(tracks, np.ones((20, num_frames), bool), depth, cams, HFOV)
+    points, valid = lift_tracks(
+        tracks, np.ones((20, num_frames), bool), depth, cams, RectifiedCamera(width, HFOV, 0.063)
+    )
     assert valid.all()
     xy, in_view = project(points, cams, width, height, HFOV)
     assert in_view.all()
@@ -108,7 +111,7 @@ def test_lift_then_project_recovers_tracks_and_depth():
     depth = rng.uniform(1.0, 15.0, (num_frames, H, W))
     tracks = rng.uniform(1.0, W - 1.0, (num_tracks, num_frames, 2))
     visible = np.ones((num_tracks, num_frames), bool)
-    points, valid = lift_tracks(tracks, visible, depth, cams, HFOV)
+    points, valid = lift_tracks(tracks, visible, depth, cams, CAMERA)
     assert valid.all() and points.dtype == np.float64
     xy, in_view = project(points, cams, W, H, HFOV)
     assert in_view.all()
@@ -141,7 +144,7 @@ def test_lift_validity_rules():
         ]
     )[:, None, :]
     visible = np.array([True] * 7 + [False])[:, None]
-    points, valid = lift_tracks(tracks, visible, depth, cams, HFOV)
+    points, valid = lift_tracks(tracks, visible, depth, cams, CAMERA)
     assert valid[:, 0].tolist() == [False, False, True, True, False, True, False, False]
     cam_z = points[:, 0] @ cams[0, 2, :3] + cams[0, 2, 3]
     assert cam_z[2] == pytest.approx(5.0) and cam_z[3] == pytest.approx(19.99)
@@ -152,7 +155,19 @@ def test_lift_validity_rules():
 def test_lift_rejects_mismatched_shapes():
     with pytest.raises(ValueError):
         lift_tracks(
-            np.zeros((3, 4, 2)), np.ones((3, 5), bool), np.ones((4, H, W)), np.zeros((4, 3, 4))
+            np.zeros((3, 4, 2)),
+            np.ones((3, 5), bool),
+            np.ones((4, H, W)),
+            np.zeros((4, 3, 4)),
+            CAMERA,
+        )
+    with pytest.raises(ValueError, match="64 px wide, the camera 96 px"):
+        lift_tracks(
+            np.zeros((3, 4, 2)),
+            np.ones((3, 4), bool),
+            np.ones((4, H, W)),
+            np.zeros((4, 3, 4)),
+            RectifiedCamera(96, HFOV, 0.063),
         )
 
 
@@ -191,7 +206,7 @@ def test_motion_is_zero_for_static_points_and_matches_brute_force_for_moving():
     valid = np.ones(points.shape[:2], bool)
     xy, in_view = project(points, cams, W, H, HFOV)
     assert in_view.all()
-    motion = motion_displacement(points, valid, cams, W, H, HFOV)
+    motion = motion_displacement(points, valid, cams, CAMERA)
     assert motion.shape == (2, num_frames) and motion.dtype == np.float32
     assert np.abs(motion[0]).max() < 1e-4  # camera motion cancels
     assert motion[1, 0] == 0
@@ -208,21 +223,21 @@ def test_motion_window_and_validity():
     num_frames = 21
     cams, points = static_and_moving_scene(num_frames)
     valid = np.ones(points.shape[:2], bool)
-    full = motion_displacement(points, valid, cams, W, H, HFOV, window=16)
-    short = motion_displacement(points, valid, cams, W, H, HFOV, window=2)
+    full = motion_displacement(points, valid, cams, CAMERA, window=16)
+    short = motion_displacement(points, valid, cams, CAMERA, window=2)
     assert (short[1, 3:] < full[1, 3:]).all()
 
     valid[1, :] = False
     valid[1, [0, 3, 20]] = True  # 3 sees 0; 20 sees nothing within 16 frames (3 is 17 back)
-    sparse = motion_displacement(points, valid, cams, W, H, HFOV)
+    sparse = motion_displacement(points, valid, cams, CAMERA)
     assert sparse[1, 3] > 0 and sparse[1, 20] == 0
     assert (sparse[1, [0, 1, 2, 4, 5, 19]] == 0).all()
-    assert motion_displacement(points, valid, cams, W, H, HFOV, window=3)[1, 3] == sparse[1, 3]
-    assert motion_displacement(points, valid, cams, W, H, HFOV, window=2)[1, 3] == 0
+    assert motion_displacement(points, valid, cams, CAMERA, window=3)[1, 3] == sparse[1, 3]
+    assert motion_displacement(points, valid, cams, CAMERA, window=2)[1, 3] == 0
 
     valid[1, :] = False
     valid[1, [4, 20]] = True  # exactly 16 frames back: inside the window
-    assert motion_displacement(points, valid, cams, W, H, HFOV)[1, 20] > 0
+    assert motion_displacement(points, valid, cams, CAMERA)[1, 20] > 0
 
 
 def test_motion_ignores_pairs_whose_projection_is_invalid():
@@ -233,7 +248,7 @@ def test_motion_ignores_pairs_whose_projection_is_invalid():
     points[1, 1] = camera_centers(cams)[2] - 3.0 * cams[2, 2, :3]
     _, in_view = project(points[1:2, 1:2], cams[2:3], W, H, HFOV)
     assert not in_view.any()
-    motion = motion_displacement(points, valid, cams, W, H, HFOV)
+    motion = motion_displacement(points, valid, cams, CAMERA)
     now, _ = project(points[1:2, 2:3], cams[2:3], W, H, HFOV)
     past, _ = project(points[1:2, 0:1], cams[2:3], W, H, HFOV)
     assert motion[1, 2] == pytest.approx(np.linalg.norm(past - now), rel=1e-5)
@@ -247,10 +262,10 @@ def test_chunking_is_exact():
     depth = rng.uniform(2.0, 10.0, (num_frames, H, W))
     tracks = rng.uniform(-2, W + 2, (300, num_frames, 2))
     visible = rng.uniform(size=(300, num_frames)) > 0.3
-    points, valid = lift_tracks(tracks, visible, depth, cams, HFOV)
-    whole = motion_displacement(points, valid, cams, W, H, HFOV)
-    points_c, valid_c = lift_tracks(tracks, visible, depth, cams, HFOV, chunk_size=7)
-    chunked = motion_displacement(points_c, valid_c, cams, W, H, HFOV, chunk_size=7)
+    points, valid = lift_tracks(tracks, visible, depth, cams, CAMERA)
+    whole = motion_displacement(points, valid, cams, CAMERA)
+    points_c, valid_c = lift_tracks(tracks, visible, depth, cams, CAMERA, chunk_size=7)
+    chunked = motion_displacement(points_c, valid_c, cams, CAMERA, chunk_size=7)
     np.testing.assert_array_equal(points, points_c)
     np.testing.assert_array_equal(valid, valid_c)
     np.testing.assert_array_equal(whole, chunked)

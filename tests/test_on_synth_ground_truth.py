@@ -17,9 +17,15 @@ import warnings
 import numpy as np
 import pytest
 
-from s4d_ray.geometry.camera import RECTIFIED_HFOV_DEG, STEREO_BASELINE_M, focal_length_px
-from s4d_ray.geometry.rectify import LowResolutionWarning, rectify_clip
+from s4d_ray.geometry.camera import (
+    RECTIFIED_HFOV_DEG,
+    RELEASE_CAMERA,
+    STEREO_BASELINE_M,
+    focal_length_px,
+)
+from s4d_ray.geometry.rectify import LowResolutionWarning
 from s4d_ray.io.clip_io import read_clip
+from s4d_ray.io.rectify import rectify_clip
 from s4d_ray.stages.stereo import StereoMatcher
 from s4d_ray.stages.tracking import LucasKanadeBackend
 from s4d_ray.synthetic.synth import load_ground_truth
@@ -79,8 +85,10 @@ def test_optimiser_improves_noisy_lifted_ground_truth(clip):
         (depth > 0) & (noisy_disparity > 0.2), fb / np.maximum(noisy_disparity, 1e-6), 0
     )
     w2c = record.world2camera()
-    points, valid = lift_tracks(gt["tracks_2d"], gt["visible"], noisy.astype(np.float32), w2c)
-    motion = motion_displacement(points, valid, w2c)
+    points, valid = lift_tracks(
+        gt["tracks_2d"], gt["visible"], noisy.astype(np.float32), w2c, RELEASE_CAMERA
+    )
+    motion = motion_displacement(points, valid, w2c, RELEASE_CAMERA)
     optimized, mask = optimize_tracks(points, valid, camera_centers(w2c), motion)
 
     truth = gt["tracks_3d"].astype(np.float64)

@@ -87,7 +87,7 @@ def test_a_failing_or_hanging_video_task_is_one_failure_row(ray_head) -> None:  
 
     import ray
 
-    from s4d_ray.engine.own_videos import _gather
+    from s4d_ray.ownvideo.distributed import _gather
     from s4d_ray.ownvideo.prepare import VideoOutcome
 
     def prepare(video_id: str, seconds: float = 0.0) -> VideoOutcome:

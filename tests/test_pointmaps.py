@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from s4d_ray.engine.clip_stages import batch_to_rows, failed, input_rows, mark_failed, rows_to_batch
+from s4d_ray.engine.clip_stages import input_rows
 from s4d_ray.engine.config import PipelineConfig, load_config
-from s4d_ray.engine.pipeline import completed_clip_ids
+from s4d_ray.engine.resume import completed_clip_ids
+from s4d_ray.engine.rows import batch_to_rows, failed, mark_failed, rows_to_batch
 from s4d_ray.engine.runner import apply
 from s4d_ray.engine.stage_list import REDUCER, STAGE, STAGES, Job
 from s4d_ray.geometry.camera import intrinsics
@@ -251,7 +252,7 @@ def test_dense_outputs_are_written_listed_and_part_of_resume(dense_run, synth_di
     assert np.max(np.abs(depth[valid] - engine_depth[valid]) / engine_depth[valid]) <= FP16_REL
     camera = json.loads((output / files["camera"]).read_text())
     assert np.allclose(camera["intrinsics"], intrinsics(512, 512, 60.0))
-    assert completed_clip_ids(str(output), dense=True) == {clip_id}
+    assert completed_clip_ids(str(output), load_config(None, dense=True)) == {clip_id}
     # the DynaDUSt3R samples read the dense frames instead of re-rectifying the raw video
     from s4d_ray.dynadust3r.data import read_left_frames
 
@@ -268,7 +269,8 @@ def test_resume_needs_every_dense_file_and_dense_off_carries_nothing(dense_run, 
     shutil.copytree(output, copy)
     (copy / "dense" / clip_id / "camera.json").unlink()
     assert dense_clip_ids(str(copy)) == set()
-    assert completed_clip_ids(str(copy), dense=True) == set()  # redone by a --dense run
+    dense = load_config(None, dense=True)
+    assert completed_clip_ids(str(copy), dense) == set()  # redone by a --dense run
     assert completed_clip_ids(str(copy)) == {clip_id}  # complete for a run without it
     # a failed clip gets empty dense columns (one schema for every row, no arrays kept)
     row = mark_failed(

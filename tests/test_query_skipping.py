@@ -12,13 +12,9 @@ import json
 import numpy as np
 import pytest
 
-from s4d_ray.engine.clip_stages import (
-    clip_spec,
-    lift_and_filter,
-    segment_classes,
-    track_points,
-)
-from s4d_ray.geometry.camera import invert_poses
+from s4d_ray.engine.clip_stages import lift_and_filter, segment_classes, track_points
+from s4d_ray.engine.rows import clip_spec
+from s4d_ray.geometry.camera import RectifiedCamera, invert_poses
 from s4d_ray.stages.tracking import Tracker
 from s4d_ray.synthetic.synth import build_scene, render_rectified
 from s4d_ray.track.ade20k import SKY_LABELS, STATIC_LABELS
@@ -33,6 +29,7 @@ from s4d_ray.track.drift_filter import (
 from s4d_ray.track.lift import lift_tracks, motion_displacement
 
 SIZE, FRAMES, FPS = 128, 20, 30.0
+CAMERA = RectifiedCamera(SIZE, 60.0, 0.063)
 
 
 class GroundTruthLabeller:
@@ -66,7 +63,12 @@ def street_clip() -> dict:
 
 def _run(clip: dict, skip: bool) -> dict:
     row = clip_spec("street_1", "x.npz", videos_root="v")
-    row.update(left=clip["left"], depth=clip["depth"], camera2world=clip["camera2world"])
+    row.update(
+        left=clip["left"],
+        depth=clip["depth"],
+        camera2world=clip["camera2world"],
+        camera=CAMERA.to_json(),
+    )
     row = segment_classes(row, GroundTruthLabeller(clip["labels"]))
     tracker = Tracker("cpu", query_stride=4, query_frame_interval=5, skip_sky_queries=skip)
     row = track_points(row, tracker)
@@ -142,8 +144,8 @@ def test_invalid_depth_at_the_query_frame_does_not_seal_a_track(street_clip) -> 
     row = segment_classes(row, GroundTruthLabeller(street_clip["labels"]))
     row = track_points(row, Tracker("cpu", query_stride=4, query_frame_interval=5))
     w2c = invert_poses(row["camera2world"])
-    points, valid = lift_tracks(row["tracks_2d"], row["visible"], depth, w2c)
-    motion = motion_displacement(points, valid, w2c, SIZE, SIZE)
+    points, valid = lift_tracks(row["tracks_2d"], row["visible"], depth, w2c, CAMERA)
+    motion = motion_displacement(points, valid, w2c, CAMERA)
     keep, _ = filter_point_classes(row["point_classes"], row["visible"], motion)
     keep &= valid.any(axis=1)
     invalid_at_query = ~valid[np.arange(len(valid)), row["query_frame"]]

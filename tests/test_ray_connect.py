@@ -12,7 +12,7 @@ import tempfile
 
 import pytest
 
-from s4d_ray.engine.pipeline import local_cluster_address
+from s4d_ray.engine.ray_connect import local_cluster_address
 from tests.conftest import free_port
 
 
@@ -43,7 +43,7 @@ def test_a_stale_cluster_record_starts_a_fresh_local_cluster():
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
         env.update(RAY_TMPDIR=ray_tmpdir, RAY_USAGE_STATS_ENABLED="0")
         script = (
-            "import ray\nfrom s4d_ray.engine.pipeline import connect_ray\n"
+            "import ray\nfrom s4d_ray.engine.ray_connect import connect_ray\n"
             "print(connect_ray())\nprint('cpus', ray.cluster_resources().get('CPU'))\n"
             "ray.shutdown()\n"
         )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from s4d_ray.engine.clip_stages import clip_spec
 from s4d_ray.engine.config import PipelineConfig, config_from_dict
-from s4d_ray.engine.stage_list import ACTOR, REDUCER, STAGES, TASK, default_resources, is_pool
+from s4d_ray.engine.rows import ENGINE_COLUMNS, INPUT_COLUMNS, clip_spec
+from s4d_ray.engine.stage_list import ACTOR, REDUCER, STAGES, TASK, default_resources
 
 
 def test_every_stage_has_resources_for_both_backends_and_config_keys_follow_the_list():
@@ -34,9 +34,21 @@ def test_the_ray_graph_has_one_operator_per_stage_in_list_order():
         ray.shutdown()
     expected = [
         f"{'MapBatches' if spec.kind == REDUCER else 'Map'}"
-        f"({spec.actor_name if is_pool(spec) else spec.name})"
+        f"({spec.actor_name if spec.pooled else spec.name})"
         for spec in STAGES
     ]
     positions = [plan.find(op) for op in expected]
     assert -1 not in positions, (expected, plan)
     assert positions == sorted(positions, reverse=True)  # printed from the last operator up
+
+
+def test_each_stage_reads_only_columns_that_reach_it():
+    """The declarations chain up: a column a stage reads or drops is an input or added by an
+    earlier stage and not yet dropped (the runners check each transform against its own)."""
+    available = set(INPUT_COLUMNS) | ENGINE_COLUMNS
+    for spec in STAGES:
+        missing = (set(spec.reads) | set(spec.drops)) - available
+        assert not missing, (
+            f"stage {spec.name!r} reads or drops {sorted(missing)} before any stage adds them"
+        )
+        available = (available | set(spec.adds)) - set(spec.drops)

@@ -11,13 +11,14 @@ import pytest
 import torch
 from safetensors.torch import save_model
 
+from s4d_ray.geometry.camera import RectifiedCamera, focal_length_px
 from s4d_ray.models.sea_raft import SEARAFT
 from s4d_ray.stages.stereo import (
     StereoMatcher,
     half_resolution_flow,
     sea_raft_batch_size,
 )
-from s4d_ray.track.depth import depth_from_flow, focal_length_px
+from s4d_ray.track.depth import depth_from_flow
 from tests.tiny_models import TINY_SEA_RAFT as TINY
 
 torch.set_num_threads(2)
@@ -120,7 +121,7 @@ def test_cpu_flows_give_plane_depths(planes, sgbm_flows):
     OpenCV's unmatched left band (num_disparities = 32 wide) and are recovered by the padding;
     columns < 6 see background with no counterpart in the right image."""
     _, _, disparity_left, _ = planes
-    depth, valid = depth_from_flow(*sgbm_flows, hfov_deg=60.0, baseline_m=0.063)
+    depth, valid = depth_from_flow(*sgbm_flows, RectifiedCamera(WIDTH, 60.0, 0.063))
     truth = focal_length_px(WIDTH, 60.0) * 0.063 / disparity_left
     assert valid.mean() >= 0.7
     assert valid[:, :, 12:32].mean() >= 0.9

@@ -155,10 +155,10 @@ def test_tracker_is_deterministic_per_seed() -> None:
 def test_tracker_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="backend"):
         Tracker("gpu")
-    with pytest.raises(ValueError, match="cpu backend"):
+    with pytest.raises(ValueError, match="not an option of the cpu tracking backend"):
         Tracker("cpu", precision="bf16")
-    with pytest.raises(ValueError, match="weights_uri"):
-        Tracker("neural")
+    with pytest.raises(ValueError, match="query_stride: must be >= 1"):
+        Tracker("cpu", query_stride=0)
     with pytest.raises(ValueError, match="uint8"):
         Tracker("cpu")(np.zeros((3, 16, 16, 3), np.float32))
 
@@ -201,9 +201,7 @@ def test_neural_backend_matches_direct_model_calls(one_torch_thread) -> None:
     stride, resolution = 8, 32  # model input 32x32: query and track coordinates scale by 4/3
     backend = TapirBackend(model, query_chunk_size=4, resolution=resolution)
     result = Tracks2D(
-        *track_with_pruning(
-            backend.bind(clip), 11, 24, 24, stride, 10, 1.0, np.random.default_rng(4)
-        )
+        *track_with_pruning(backend(clip), 11, 24, 24, stride, 10, 1.0, np.random.default_rng(4))
     )
 
     # Independently: the model on the resized clip, query grids drawn from the same seed.
@@ -237,7 +235,7 @@ def test_neural_backend_runs_in_bf16(one_torch_thread) -> None:
     """bf16 autocast (fp16 takes the same path; on CPU it is emulated and far too slow)."""
     clip = smooth_texture(np.random.default_rng(1), 32, 1.5)[None].repeat(3, axis=0)
     backend = TapirBackend(small_tapir(), precision="bf16", resolution=32)
-    tracks, visible = backend.bind(clip)(0, query_grid(32, 32, 8))
+    tracks, visible = backend(clip)(0, query_grid(32, 32, 8))
     assert tracks.shape == (16, 3, 2) and tracks.dtype == np.float32
     assert visible.shape == (16, 3) and visible.dtype == bool
     assert np.isfinite(tracks).all()

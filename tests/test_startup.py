@@ -8,12 +8,12 @@ import uuid
 import numpy as np
 import pytest
 
-from s4d_ray.engine import pipeline
 from s4d_ray.engine.clip_stages import input_rows
-from s4d_ray.engine.pipeline import clip_ids_in_shards, completed_clip_ids, plan_run
-from s4d_ray.geometry.rectify import RectifiedVideoIndex, find_rectified_videos
-from s4d_ray.io import fs
-from s4d_ray.io.writer import build_clip_record, write_batch
+from s4d_ray.engine.pipeline import plan_run
+from s4d_ray.engine.resume import completed_clip_ids
+from s4d_ray.io import fs, writer
+from s4d_ray.io.rectify import RectifiedVideoIndex, find_rectified_videos
+from s4d_ray.io.writer import build_clip_record, clip_ids_in_shards, write_records
 
 
 def tiny_record(clip_id: str):
@@ -59,12 +59,12 @@ def root(request, tmp_path):
 def test_completed_clips_are_npz_and_shard_rows(root, monkeypatch):
     """Complete = npz written AND row in some shard; several shards of several clips each,
     read two shards per dataset (the chunking of large outputs)."""
-    monkeypatch.setattr(pipeline, "SHARDS_PER_READ", 2)
+    monkeypatch.setattr(writer, "SHARDS_PER_READ", 2)
     output = fs.join(root, "out")
     ids = [f"vid{i // 3}_{1000 * i}" for i in range(7)]
-    write_batch([tiny_record(c) for c in ids[:3]], [], output)
-    write_batch([tiny_record(c) for c in ids[3:5]], [], output)
-    write_batch([tiny_record(ids[5])], [], output)
+    write_records([tiny_record(c) for c in ids[:3]], output)
+    write_records([tiny_record(c) for c in ids[3:5]], output)
+    write_records([tiny_record(ids[5])], output)
     # a clip whose shard never got written (killed between npz and shard): not complete
     filesystem, npz_folder = fs.filesystem(fs.join(output, "npz"))
     touch(filesystem, f"{npz_folder}/{ids[6]}.npz")
@@ -115,7 +115,7 @@ def test_plan_run_skips_completed_and_lists_rectified_once(root, monkeypatch):
     _, rect_path = fs.filesystem(fs.join(root, "processed"))
     touch(filesystem, f"{rect_path}/vidB_200/vidB_200-left_rectified.mp4")
     output = fs.join(root, "out")
-    write_batch([tiny_record(ids[0])], [], output)
+    write_records([tiny_record(ids[0])], output)
     monkeypatch.setattr(fs, "exists", lambda uri: pytest.fail(f"exists({uri!r}) per clip"))
     plan = plan_run(npz_folder, output, rectified=fs.join(root, "processed"))
     assert plan.completed == {ids[0]}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.train_tracksto4d import main as train_job
+from s4d_ray.cli import job_main
 from s4d_ray.geometry.camera import rotation_matrix
 from s4d_ray.io.clip_io import read_clip
 from s4d_ray.models.tracksto4d import TracksTo4D, load_tracksto4d
@@ -162,7 +162,7 @@ def test_ray_train_job_checkpoints_and_resumes(synth_dir, tmp_path):
             "--min-visible", "6", "--samples-per-clip", "2", "--limit", "2",
             "--checkpoint-every", "2", "--log-every", "1", "--torch-threads", "1",
         ]  # fmt: skip
-        assert train_job(args) == 0
+        assert job_main("jobs/train_tracksto4d.py", args) == 0
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:

@@ -343,9 +343,8 @@ def test_two_workers_shard_samples_checkpoint_on_rank_0_and_resume_after_a_failu
 def test_training_jobs_with_two_workers_resume(ray_local, synth_dir, tmp_path, name) -> None:
     """Each training job as a user runs it (`jobs/train_*.py` flags) with --num-workers 2:
     2 steps, then a re-run with the same checkpoint folder continues to 4."""
-    from jobs import train_dynadust3r, train_tracksto4d
+    from s4d_ray.cli import job_main
 
-    job = {"dynadust3r": train_dynadust3r, "tracksto4d": train_tracksto4d}[name]
     model_flags = {
         "dynadust3r": [
             "--videos", str(synth_dir / "raw"), "--image-size", "32", "--min-tracks", "16",
@@ -364,7 +363,7 @@ def test_training_jobs_with_two_workers_resume(ray_local, synth_dir, tmp_path, n
             "--log-every", "1", "--num-workers", "2", "--cpus-per-worker", "0.5",
             "--torch-threads", "1", "--lr", "1e-3", *model_flags,
         ]  # fmt: skip
-        assert job.main(args) == 0
+        assert job_main(f"jobs/train_{name}.py", args) == 0
     latest = train_loop.read_latest(str(checkpoints))
     assert latest["step"] == 4
     assert [(m["step"], m["start_step"]) for m in latest["history"]] == [

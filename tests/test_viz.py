@@ -11,11 +11,18 @@ import pytest
 
 from s4d_ray.cli import main as s4d_main
 from s4d_ray.engine.pipeline import RunSummary
+from s4d_ray.geometry.camera import RELEASE_CAMERA
 from s4d_ray.io import fs
 from s4d_ray.io.clip_io import ClipRecord, read_clip, write_clip
 from s4d_ray.io.dense import camera_json, encode_depth, encode_frames, write_dense
 from s4d_ray.io.qa import QA_COLUMNS, clip_qa, point_depths
-from s4d_ray.io.writer import ClipFailure, build_clip_record, read_parquet_clips, write_batch
+from s4d_ray.io.writer import (
+    ClipFailure,
+    build_clip_record,
+    read_parquet_clips,
+    write_failures,
+    write_records,
+)
 from s4d_ray.synthetic.evaluate import (
     DEPTH_BANDS_M,
     banded_errors,
@@ -25,6 +32,7 @@ from s4d_ray.synthetic.evaluate import (
 )
 from s4d_ray.synthetic.synth import load_ground_truth
 from s4d_ray.track.lift import motion_displacement
+from s4d_ray.viz.colours import depth_colours
 from s4d_ray.viz.report import read_report_data, write_report
 from s4d_ray.viz.rerun_view import ViewOptions, select_tracks, write_recording
 
@@ -41,7 +49,9 @@ def engine_like_record(record: ClipRecord, seconds: dict, metadata: dict) -> Cli
     the real lift function, visibility = stored)."""
     dense = record.dense_tracks()
     stored = np.isfinite(dense[..., 0])
-    motion = motion_displacement(np.nan_to_num(dense), stored, record.world2camera())
+    motion = motion_displacement(
+        np.nan_to_num(dense), stored, record.world2camera(), RELEASE_CAMERA
+    )
     return build_clip_record(
         name=record.name,
         video_id=record.video_id,
@@ -136,6 +146,22 @@ def test_recording_of_a_synth_clip_opens_with_rerun(synth_dir, tmp_path):
     for t in (0, frames - 1):
         want = dense[np.isfinite(dense[:, t, 0]), t]
         np.testing.assert_allclose(np.asarray(positions[t]), want, atol=1e-5)
+    # the dense depth cloud: the true depth back-projected, on the tracks' colour scale
+    cloud = np.asarray(column(entities["/world/camera/depth"], "Points3D:positions")[0])
+    cloud_colours = column(entities["/world/camera/depth"], "Points3D:colors")[0]
+    step = ViewOptions().depth_downsample
+    true_depth = truth["depth"][0][::step, ::step]
+    np.testing.assert_allclose(cloud[:, 2], true_depth[true_depth > 0], rtol=1e-5)
+    far, near = np.argmax(cloud[:, 2]), np.argmin(cloud[:, 2])
+    want = depth_colours(cloud[[far, near], 2])
+    got = np.array(
+        [
+            [c >> 24 & 255, c >> 16 & 255, c >> 8 & 255]
+            for c in (cloud_colours[far], cloud_colours[near])
+        ]
+    )
+    np.testing.assert_array_equal(got, want)
+    assert want[0, 2] > want[0, 0] and want[1, 0] > want[1, 2]  # far blue, near red
     # camera poses are the npz's camera2world
     translations = column(entities["/world/camera"], "Transform3D:translation")
     np.testing.assert_allclose(
@@ -202,7 +228,8 @@ def make_run_output(synth_dir, root: str) -> tuple[list[ClipRecord], list[ClipFa
         ClipFailure("badvideo000_0", "decode", "VideoError", "corrupt video"),
         ClipFailure("badstereo00_0", "stereo", "ValueError", "no valid depth"),
     ]
-    write_batch(records, failures, root)
+    write_records(records, root)
+    write_failures(failures, root)
     summary = RunSummary(
         clips_done=2,
         clips_failed=2,

@@ -15,7 +15,6 @@ import cv2
 import numpy as np
 import pytest
 
-from s4d_ray.geometry.rectify import rectify_clip, release_format
 from s4d_ray.geometry.vr180 import (
     OUTSIDE,
     eye_box,
@@ -25,6 +24,7 @@ from s4d_ray.geometry.vr180 import (
     split_eyes,
 )
 from s4d_ray.io.clip_io import ClipRecord, read_clip
+from s4d_ray.io.rectify import rectify_clip
 from s4d_ray.io.stereo_format import (
     LAYOUTS,
     MAX_SIDECAR_BYTES,
@@ -41,6 +41,7 @@ from s4d_ray.io.video_lookup import (
     RawVideo,
     carried_format,
     find_raw_video,
+    release_format,
     video_id_of_name,
 )
 from s4d_ray.ownvideo.clips import iter_video_frames

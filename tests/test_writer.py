@@ -17,11 +17,12 @@ from s4d_ray.io.writer import (
     build_clip_record,
     read_failures,
     read_parquet_clips,
+    release_clip_ids,
     shard_name,
-    write_batch,
     write_clip_npz,
     write_failures,
     write_parquet_shard,
+    write_records,
 )
 
 
@@ -226,23 +227,22 @@ def test_failures_table_round_trip(output_root):
         assert pd.read_parquet(f).columns.tolist() == ["clip_id", "stage", "error_type", "message"]
 
 
-def test_write_batch_names_outputs_by_the_whole_batch(output_root):
-    records = [build_clip_record(**make_inputs(f"vid{i}_{i}", seed=i)) for i in range(2)]
-    failure = ClipFailure("vid9_9", "tracking", "RuntimeError", "boom")
-    first = write_batch(records, [failure], output_root)
-    # re-run: the failed clip now succeeds, one of the others fails
-    redo = build_clip_record(**make_inputs("vid9_9", seed=9))
-    second = write_batch(
-        [records[0], redo], [ClipFailure("vid1_1", "tracking", "E", "x")], output_root
-    )
-    assert first.parquet == second.parquet and first.failures == second.failures
-    assert len(fs.list_files(fs.join(output_root, "parquet"), ".parquet")) == 1
-    assert [r.name for r in read_parquet_clips(fs.join(output_root, "parquet"))] == [
-        "vid0_0",
-        "vid9_9",
+def test_write_records_names_the_shard_by_the_clips_written(output_root):
+    """The release format's write: an npz per clip, one shard of the clips written (named by
+    their ids, so writing the batch again overwrites); a clip whose npz cannot be written is
+    returned as an error and left out of the shard."""
+    records = [build_clip_record(**make_inputs(f"vid{i}_{i}", seed=i)) for i in range(3)]
+    records[2].timestamps = records[2].timestamps[:-1]  # no longer a valid record
+    errors = write_records(records, output_root)
+    assert list(errors) == ["vid2_2"]
+    assert write_records(records, output_root).keys() == errors.keys()
+    shards = fs.list_files(fs.join(output_root, "parquet"), ".parquet")
+    assert [uri.rsplit("/", 1)[-1] for uri in shards] == [
+        f"{shard_name(['vid0_0', 'vid1_1'])}.parquet"
     ]
-    assert [f.clip_id for f in read_failures(second.failures)] == ["vid1_1"]
-    assert len(second.npz) == 2
+    assert [r.name for r in read_parquet_clips(shards[0])] == ["vid0_0", "vid1_1"]
+    assert sorted(fs.list_files(fs.join(output_root, "npz"), ".npz"))[-1].endswith("vid1_1.npz")
+    assert release_clip_ids(output_root) == {"vid0_0", "vid1_1"}
 
 
 @pytest.mark.slow

@@ -32,10 +32,10 @@ import cv2
 import numpy as np
 
 from s4d_ray.geometry.camera import RECTIFIED_HFOV_DEG, intrinsics
-from s4d_ray.geometry.rectify import find_rectified_videos, iter_rectified
 from s4d_ray.io import fs
 from s4d_ray.io.clip_io import ClipRecord, npz_stem, read_clip
 from s4d_ray.io.dense import dense_file, output_root_of_npz, read_dense
+from s4d_ray.io.rectify import find_rectified_videos, iter_rectified
 from s4d_ray.io.video import decode_first_frames
 from s4d_ray.io.video_lookup import VIDEO_FORMAT_EXTRA, find_raw_video
 from s4d_ray.track.moving import moving_by_extent

@@ -1,57 +1,58 @@
 """Per-clip stage transforms of the engine: dict rows in, dict rows out, no Ray inside.
 
-A row is one clip. Each stage declares which columns it consumes (and drops, so heavy arrays
-such as the right eye's frames or the depth maps die as soon as they are used) and which it
-adds. `run_stage` applies a stage with timing and failure capture: a clip that raises gets
-`error_stage`, `error_type` and `error_message` set, its consumed columns dropped and empty
-placeholders for the added ones (so every row of a dataset keeps one schema), and every later
-stage passes it through untouched. Nothing else in the job is lost.
+A row is one clip (the row protocol, with its declared and checked columns, is `rows`); each
+entry of the stage list (`stage_list`) names one of these transforms and declares the columns
+it reads, adds and drops.
 
-Columns (shapes per clip; T frames, S = 512, N tracks):
+Columns (shapes per clip; T frames, S = the camera's size, 512 for the release, N tracks):
     clip_id, npz_uri, videos_root, left_uri, right_uri   str (inputs; unused URIs empty)
     error_stage, error_type, error_message, timings, metadata    str (timings/metadata JSON)
     video_id str; timestamps int64 [T] µs; camera2world [T,3,4]; rectified2rig [2,3,3];
-    fov_bounds [4]; baseline_m float m; video_format str (JSON, empty for rectified inputs)
-                                                           (decode)
-    left, right uint8 [T,S,S,3]                            (decode)
+    fov_bounds [4]; camera str (JSON `RectifiedCamera`: size px, hfov deg, baseline m);
+    video_format str (JSON, empty for rectified inputs)    (decode)
+    left, right uint8 [T,S,S,3]; dense_left, dense_right bytes (mp4 with `--dense`)  (decode)
     depth float32 [T,S,S] m, 0 = invalid                   (stereo; drops right)
     label_classes uint8 [2,T,S,S/8] sky/static bit planes, [0,0,0,0] when disabled (segmentation)
     tracks_2d float32 [N,T,2] px; visible bool [N,T]; query_frame int64 [N];
     point_classes uint8 [N,T] sky (1) / static (2) bits per track point, [N,0] when disabled
                                                            (tracking; drops label_classes)
-    points float32 [N,T,3] m; valid bool [N,T]; motion float32 [N,T] px; colours uint8 [N,3]
-                                                           (lift; drops frames, depth, labels)
+    points float32 [N,T,3] m; valid bool [N,T]; motion float32 [N,T] px; colours uint8 [N,3];
+    dense_depth bytes (with `--dense`)                     (lift; drops frames, depth, labels)
     points_opt float32 [N,T,3] m (NaN outside mask); mask bool [N,T]              (optimize)
+    status, num_frames, num_tracks, track_counts (the summary row)               (write)
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
-import traceback
 import zlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from s4d_ray.errors import StageError
-from s4d_ray.geometry.camera import (
-    RECTIFIED_HFOV_DEG,
-    RECTIFIED_SIZE,
-    STEREO_BASELINE_M,
-    invert_poses,
+from s4d_ray.engine.outputs import OutputFormat
+from s4d_ray.engine.rows import (
+    ERROR_COLUMNS,
+    Row,
+    Stage,
+    clip_spec,
+    failed,
+    mark_failed,
+    pass_failed,
+    record_in_metadata,
+    update_json,
 )
-from s4d_ray.geometry.rectify import RectifiedVideoIndex, rectify_clip
+from s4d_ray.errors import S4DError, StageError
+from s4d_ray.geometry.camera import RELEASE_CAMERA, STEREO_BASELINE_M, RectifiedCamera, invert_poses
 from s4d_ray.io import fs
 from s4d_ray.io.clip_io import MAX_NPZ_BYTES, npz_stem, read_clip
-from s4d_ray.io.dense import camera_json, depth_shape, encode_depth, encode_frames, write_dense
+from s4d_ray.io.dense import encode_depth, encode_frames
 from s4d_ray.io.ids import validate_clip_id
+from s4d_ray.io.rectify import RectifiedVideoIndex, rectify_clip
 from s4d_ray.io.video import decode_first_frames
 from s4d_ray.io.video_lookup import VIDEO_FORMAT_EXTRA, carried_format, find_raw_video
-from s4d_ray.io.writer import build_clip_record, write_clip_npz, write_parquet_shard
 from s4d_ray.track.depth import depth_from_flow
 from s4d_ray.track.drift_filter import (
     filter_point_classes,
@@ -66,26 +67,12 @@ if TYPE_CHECKING:
     from s4d_ray.stages.stereo import StereoMatcher
     from s4d_ray.stages.tracking import Tracker
 
-Row = dict[str, Any]
-
-INPUT_COLUMNS = ("clip_id", "npz_uri", "videos_root", "left_uri", "right_uri")
-ERROR_COLUMNS = ("error_stage", "error_type", "error_message")
+ClipRow = MutableMapping[str, Any]
+"""What a transform gets: a clip row (a `rows.CheckedRow` view when the engine runs it)."""
 
 
-class TooFewTracksError(ValueError):
+class TooFewTracksError(S4DError, ValueError):
     """A clip kept fewer valid tracks than the job's minimum (nothing worth writing)."""
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A named per-clip transform with the columns it consumes and adds.
-
-    `adds` maps each new column to (dtype, ndim) so a failed clip can get an empty placeholder.
-    """
-
-    name: str
-    consumes: tuple[str, ...]
-    adds: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 RECORD_COLUMNS = {
@@ -94,10 +81,10 @@ RECORD_COLUMNS = {
     "camera2world": ("float32", 3),
     "rectified2rig": ("float32", 3),
     "fov_bounds": ("float32", 1),
-    "baseline_m": ("float64", 0),
+    "camera": ("str", 0),
     "video_format": ("str", 0),
 }
-"""Release-record columns the decode stage adds (dtype, ndim)."""
+"""Release-record columns the decode stage adds (dtype, ndim), with the clip's camera."""
 
 DENSE_FRAMES = {"dense_left": ("bytes", 0), "dense_right": ("bytes", 0)}
 """With `--dense`: the decode stage's rectified frames encoded as mp4 (`io.dense`), empty
@@ -107,122 +94,15 @@ DENSE_DEPTH = {"dense_depth": ("bytes", 0)}
 """With `--dense`: the stereo depth encoded by the lift stage (its last user), empty otherwise."""
 
 
-def clip_spec(
-    clip_id: str, npz_uri: str, videos_root: str = "", rectified: tuple[str, str] = ("", "")
-) -> Row:
-    """The input row of one clip: a validated id, its npz, and its raw-video folder or the
-    URIs of its already rectified left/right videos."""
-    return {
-        "clip_id": validate_clip_id(clip_id),
-        "npz_uri": npz_uri,
-        "videos_root": videos_root,
-        "left_uri": rectified[0],
-        "right_uri": rectified[1],
-        "error_stage": "",
-        "error_type": "",
-        "error_message": "",
-        "timings": "{}",
-        "metadata": "{}",
-    }
-
-
-def failed(row: Row) -> bool:
-    return bool(row.get("error_stage"))
-
-
-def _placeholder(dtype: str, ndim: int) -> Any:
-    if dtype == "str":
-        return ""
-    if dtype == "bytes":
-        return b""
-    return np.zeros((0,) * ndim, dtype=dtype)
-
-
-def _update_json(row: Row, column: str, values: dict[str, Any]) -> None:
-    merged = json.loads(row[column])
-    merged.update(values)
-    row[column] = json.dumps(merged, sort_keys=True)
-
-
-def _record_in_metadata(row: Row, section: str, stage: str, value: dict[str, Any]) -> None:
-    """Put `value` under `<section>.<stage>` of the row's metadata JSON."""
-    metadata = json.loads(row["metadata"])
-    metadata.setdefault(section, {})[stage] = value
-    row["metadata"] = json.dumps(metadata, sort_keys=True)
-
-
-def record_model(row: Row, stage: str, model: Any) -> None:
+def record_model(row: ClipRow, stage: str, model: Any) -> None:
     """Put `model.provenance()` (backend, model, config, weights URI/bytes/sha256, precision)
     under `models.<stage>` of the row's metadata JSON: it lands in the npz and Parquet row."""
-    _record_in_metadata(row, "models", stage, model.provenance())
+    record_in_metadata(row, "models", stage, model.provenance())
 
 
-def record_placement(row: Row, stage: str, placement: dict[str, Any]) -> None:
-    """Put where `stage` ran (node, worker, Ray GPU ids and share, CUDA_VISIBLE_DEVICES,
-    device, CPU fallback; `runner.worker_placement`) under `placement.<stage>` of the row's
-    metadata JSON, beside the models' provenance."""
-    if "metadata" in row:
-        _record_in_metadata(row, "placement", stage, placement)
-
-
-def mark_failed(row: Row, stage: Stage, error: BaseException) -> Row:
-    """Turn `row` into a failure record of `stage`: error columns set, heavy arrays dropped."""
-    row["error_stage"] = stage.name
-    row["error_type"] = type(error).__name__
-    message = str(error) or repr(error)
-    if not isinstance(error, (ValueError, OSError, RuntimeError)):
-        message += "\n" + "".join(traceback.format_exception(error)[-3:])
-    row["error_message"] = message[:4000]
-    for column in stage.consumes:
-        row.pop(column, None)
-    for column, (dtype, ndim) in stage.adds.items():
-        row[column] = _placeholder(dtype, ndim)
-    return row
-
-
-def release_cuda_cache(error: BaseException) -> None:
-    """After a CUDA out-of-memory error (the clip's failure row), hand the allocator's cached
-    blocks back so the actor's next clip starts from a clean GPU instead of failing too."""
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(error, torch.cuda.OutOfMemoryError):
-        torch.cuda.empty_cache()
-
-
-def run_stage(row: Row, stage: Stage, fn: Callable[[Row], Row]) -> Row:
-    """Apply `fn` to a clip row unless it already failed; time it; capture its failure."""
-    if failed(row):
-        for column in stage.consumes:
-            row.pop(column, None)
-        for column, (dtype, ndim) in stage.adds.items():
-            row[column] = _placeholder(dtype, ndim)
-        return row
-    start = time.perf_counter()
-    try:
-        row = fn(row)
-    except Exception as error:  # a bad clip must never take the job down
-        release_cuda_cache(error)
-        return mark_failed(row, stage, error)
-    for column in stage.consumes:
-        row.pop(column, None)
-    _update_json(row, "timings", {stage.name: round(time.perf_counter() - start, 4)})
-    return row
-
-
-def batch_to_rows(batch: dict[str, np.ndarray]) -> list[Row]:
-    """Ray Data numpy batch (column → array over clips) → list of clip rows."""
-    size = len(next(iter(batch.values())))
-    return [{k: v[i] for k, v in batch.items()} for i in range(size)]
-
-
-def rows_to_batch(rows: list[Row]) -> dict[str, np.ndarray]:
-    """List of clip rows → numpy batch; ragged arrays become object columns."""
-    batch = {}
-    for key in rows[0]:
-        values = [row[key] for row in rows]
-        column = np.empty(len(values), dtype=object)
-        column[:] = values
-        batch[key] = column
-    return batch
+def camera_of(row: ClipRow) -> RectifiedCamera:
+    """The clip's rectified camera (the `camera` column the decode stage wrote)."""
+    return RectifiedCamera.from_json(row["camera"])
 
 
 def clip_seed(clip_id: str) -> int:
@@ -233,22 +113,25 @@ def clip_seed(clip_id: str) -> int:
 # --- stage bodies ------------------------------------------------------------------------
 
 
-def check_rectified_size(width: int, height: int, clip_id: str) -> None:
-    """Rectified input videos must be the reference's RECTIFIED_SIZE² crops: depth, lifting and
-    the outputs assume their RECTIFIED_HFOV_DEG camera, which no other size carries."""
-    if (width, height) != (RECTIFIED_SIZE, RECTIFIED_SIZE):
+def check_rectified_size(width: int, height: int, clip_id: str, camera: RectifiedCamera) -> None:
+    """Rectified input videos must be the camera's square crops (the release's 512², 60°):
+    depth, lifting and the outputs assume that camera, which no other size carries."""
+    if (width, height) != (camera.size_px, camera.size_px):
         raise StageError(
             clip_id,
             "decode",
-            f"rectified video is {width}x{height}, expected {RECTIFIED_SIZE}x{RECTIFIED_SIZE} "
-            f"(the {RECTIFIED_HFOV_DEG:g}° crops `s4d rectify` writes)",
+            f"rectified video is {width}x{height}, expected {camera.size_px}x{camera.size_px} "
+            f"(the {camera.hfov_deg:g}° crops `s4d rectify` writes)",
         )
 
 
-def decode_and_rectify(row: Row, max_npz_bytes: int = MAX_NPZ_BYTES, dense: bool = False) -> Row:
+def decode_and_rectify(
+    row: ClipRow, max_npz_bytes: int = MAX_NPZ_BYTES, dense: bool = False
+) -> ClipRow:
     """Read the release npz (its release members only, at most `max_npz_bytes`), then rectify
-    the raw VR180 video (or decode rectified mp4s). With `dense`, also the frames as mp4 bytes
-    (`dense_left`, `dense_right`; empty otherwise)."""
+    the raw VR180 video (or decode rectified mp4s) to the release's views with the video's own
+    baseline (`camera`). With `dense`, also the frames as mp4 bytes (`dense_left`,
+    `dense_right`; empty otherwise)."""
     clip_id = row["clip_id"]
     record = read_clip(row["npz_uri"], extras=(VIDEO_FORMAT_EXTRA,), max_bytes=max_npz_bytes)
     if record.name != clip_id:
@@ -257,9 +140,11 @@ def decode_and_rectify(row: Row, max_npz_bytes: int = MAX_NPZ_BYTES, dense: bool
     if row["videos_root"]:
         video = find_raw_video(row["videos_root"], record, "decode")
         fmt = video.format
-        left, right = rectify_clip(record, video)
-        _update_json(row, "metadata", {"video_format": fmt.to_json_dict()})
+        camera = RELEASE_CAMERA.with_baseline(fmt.baseline_m)
+        left, right = rectify_clip(record, video, camera.size_px, camera.hfov_deg)
+        update_json(row, "metadata", {"video_format": fmt.to_json_dict()})
     else:
+        camera = RELEASE_CAMERA.with_baseline(fmt.baseline_m if fmt else STEREO_BASELINE_M)
         left, right = (
             decode_first_frames(uri, record.num_frames, clip_id, "decode")
             for uri in (row["left_uri"], row["right_uri"])
@@ -268,14 +153,14 @@ def decode_and_rectify(row: Row, max_npz_bytes: int = MAX_NPZ_BYTES, dense: bool
             raise ValueError(
                 f"clip {clip_id!r}: rectified videos differ in shape: {left.shape} vs {right.shape}"
             )
-        check_rectified_size(left.shape[2], left.shape[1], clip_id)
+        check_rectified_size(left.shape[2], left.shape[1], clip_id, camera)
     row.update(
         video_id=record.video_id,
         timestamps=record.timestamps.astype(np.int64),
         camera2world=record.camera2world.astype(np.float32),
         rectified2rig=record.rectified2rig.astype(np.float32),
         fov_bounds=np.asarray(record.fov_bounds, np.float32),
-        baseline_m=fmt.baseline_m if fmt else STEREO_BASELINE_M,
+        camera=camera.to_json(),
         video_format=fmt.to_json() if fmt else "",
         left=left,
         right=right,
@@ -285,22 +170,21 @@ def decode_and_rectify(row: Row, max_npz_bytes: int = MAX_NPZ_BYTES, dense: bool
     if dense:
         start = time.perf_counter()
         row.update(dense_left=encode_frames(left), dense_right=encode_frames(right))
-        _update_json(row, "metadata", {"dense_encode_s": round(time.perf_counter() - start, 4)})
+        update_json(row, "metadata", {"dense_encode_s": round(time.perf_counter() - start, 4)})
     return row
 
 
-def stereo_depth(row: Row, matcher: StereoMatcher) -> Row:
-    """Stereo flow both ways → metric depth [T,S,S] (0 = invalid); flows not kept."""
+def stereo_depth(row: ClipRow, matcher: StereoMatcher) -> ClipRow:
+    """Stereo flow both ways → metric depth [T,S,S] with the clip's camera (0 = invalid);
+    flows not kept."""
     flow_fwd, flow_bwd = matcher(row["left"], row["right"])
-    depth, _ = depth_from_flow(
-        flow_fwd, flow_bwd, hfov_deg=RECTIFIED_HFOV_DEG, baseline_m=float(row["baseline_m"])
-    )
+    depth, _ = depth_from_flow(flow_fwd, flow_bwd, camera_of(row))
     row["depth"] = depth
     record_model(row, "stereo", matcher)
     return row
 
 
-def segment_classes(row: Row, segmenter: Segmenter) -> Row:
+def segment_classes(row: ClipRow, segmenter: Segmenter) -> ClipRow:
     """ADE20K labels of every frame, shipped as the two bit planes the drift filter and the
     tracker's query skipping read (`label_classes` [2,T,H,W/8] uint8: sky, static; [0,0,0,0]
     when segmentation is disabled). The label maps themselves never leave the actor."""
@@ -313,7 +197,7 @@ def segment_classes(row: Row, segmenter: Segmenter) -> Row:
     return row
 
 
-def track_points(row: Row, tracker: Tracker) -> Row:
+def track_points(row: ClipRow, tracker: Tracker) -> ClipRow:
     """Dense 2D tracks of the left view, query pruning applied before tracking; queries on
     sky at their query frame are not tracked (the drift filter drops every track on sky at a
     visible frame) unless the tracker's `skip_sky_queries` is off. Adds `point_classes`
@@ -340,17 +224,18 @@ def track_points(row: Row, tracker: Tracker) -> Row:
             else np.zeros((len(tracks_2d), 0), np.uint8)
         ),
     )
-    _update_json(row, "metadata", {f"queries_{k}": v for k, v in counts.items()})
+    update_json(row, "metadata", {f"queries_{k}": v for k, v in counts.items()})
     record_model(row, "tracking", tracker)
     return row
 
 
-def lift_and_filter(row: Row, min_tracks: int = 1, dense: bool = False) -> Row:
+def lift_and_filter(row: ClipRow, min_tracks: int = 1, dense: bool = False) -> ClipRow:
     """The lift stage: lift to 3D, motion displacement, drift filter; keep surviving tracks.
     With `dense`, also the depth maps encoded for the writer (`dense_depth`; empty otherwise)."""
     w2c = invert_poses(row["camera2world"])
+    camera = camera_of(row)
     tracks_2d, visible = row["tracks_2d"], row["visible"]
-    points, valid = lift_tracks(tracks_2d, visible, row["depth"], w2c, hfov_deg=RECTIFIED_HFOV_DEG)
+    points, valid = lift_tracks(tracks_2d, visible, row["depth"], w2c, camera)
     num_tracks = len(tracks_2d)
     stats: dict[str, Any] = {
         "tracks_tracked": int(num_tracks),
@@ -370,9 +255,7 @@ def lift_and_filter(row: Row, min_tracks: int = 1, dense: bool = False) -> Row:
     else:
         undecided = keep
     motion = np.zeros(visible.shape, np.float32)
-    motion[undecided] = motion_displacement(
-        points[undecided], valid[undecided], w2c, hfov_deg=RECTIFIED_HFOV_DEG
-    )
+    motion[undecided] = motion_displacement(points[undecided], valid[undecided], w2c, camera)
     if classes.shape[1]:
         semantic_keep, reasons = filter_point_classes(classes, visible, motion)
         keep &= semantic_keep
@@ -403,8 +286,8 @@ def lift_and_filter(row: Row, min_tracks: int = 1, dense: bool = False) -> Row:
         row["dense_depth"] = encode_depth(row["depth"])
         seconds = json.loads(row["metadata"]).get("dense_encode_s", 0.0)
         seconds += time.perf_counter() - start  # decode's frames + lift's depth
-        _update_json(row, "metadata", {"dense_encode_s": round(seconds, 4)})
-    _update_json(row, "metadata", stats)
+        update_json(row, "metadata", {"dense_encode_s": round(seconds, 4)})
+    update_json(row, "metadata", stats)
     return row
 
 
@@ -413,8 +296,11 @@ PER_TRACK_COLUMNS = ("visible", "motion", "colours")
 
 
 def optimize_rows(
-    rows: Sequence[Row], optimize_clips: Callable[..., list], stage: Stage, min_tracks: int = 1
-) -> list[Row]:
+    rows: Sequence[ClipRow],
+    optimize_clips: Callable[..., list],
+    stage: Stage,
+    min_tracks: int = 1,
+) -> list[ClipRow]:
     """The optimize stage for a batch of clips in one batched optimiser call (failed rows pass through).
 
     If the batched call fails, clips are retried one by one so one bad clip fails alone.
@@ -423,7 +309,7 @@ def optimize_rows(
     """
     live = [i for i, row in enumerate(rows) if not failed(row)]
 
-    def inputs(row: Row) -> tuple:
+    def inputs(row: ClipRow) -> tuple:
         w2c = invert_poses(row["camera2world"])
         return (row["points"], row["valid"], camera_centers(w2c), row["motion"])
 
@@ -440,10 +326,10 @@ def optimize_rows(
                 outcomes[i] = (optimize_clips([inputs(rows[i])])[0], time.perf_counter() - one)
             except Exception as error:
                 outcomes[i] = (error, 0.0)
-    out = []
+    out: list[ClipRow] = []
     for i, row in enumerate(rows):
         if i not in outcomes:
-            out.append(run_stage(row, stage, lambda r: r))
+            out.append(pass_failed(row, stage))
             continue
         result, seconds = outcomes[i]
         if isinstance(result, BaseException):
@@ -464,10 +350,8 @@ def optimize_rows(
         for column in PER_TRACK_COLUMNS:
             row[column] = row[column][kept]
         row["points_opt"], row["mask"] = points_opt[kept].astype(np.float32), mask[kept]
-        _update_json(row, "metadata", {"tracks_dropped_empty_after_mask": int((~kept).sum())})
-        for column in stage.consumes:
-            row.pop(column, None)
-        _update_json(row, "timings", {stage.name: round(seconds, 4)})
+        update_json(row, "metadata", {"tracks_dropped_empty_after_mask": int((~kept).sum())})
+        update_json(row, "timings", {stage.name: round(seconds, 4)})
         out.append(row)
     return out
 
@@ -502,7 +386,7 @@ def input_rows(
         except ValueError as error:
             row = clip_spec("invalid_0", uri)
             row["clip_id"] = stem[:200]
-            rejected.append(mark_failed(row, Stage("input", ()), error))
+            rejected.append(mark_failed(row, Stage("input"), error))
             continue
         if clip_id in skip:
             continue
@@ -527,7 +411,7 @@ SUMMARY_COLUMNS = (
 )
 
 
-def track_counts(row: Row) -> dict[str, int]:
+def track_counts(row: ClipRow) -> dict[str, int]:
     """The clip's query and track bookkeeping from its metadata: `queries_*` (candidates,
     pruned, skipped, tracked, query_frames) and `tracks_*` (after each filter, dropped by
     each rule, kept); integers only."""
@@ -539,60 +423,39 @@ def track_counts(row: Row) -> dict[str, int]:
     }
 
 
-def write_rows(rows: Sequence[Row], output_root: str) -> list[Row]:
-    """The write stage for a batch: one npz per finished clip, then one Parquet shard for the batch.
+def write_rows(
+    rows: Sequence[ClipRow], output_root: str, formats: Sequence[OutputFormat]
+) -> list[Row]:
+    """The write stage for a batch: each output format of `formats` (`outputs`) writes the
+    finished clips in turn; a clip a format cannot write fails there and is not handed to the
+    next. Returns one small summary row per clip (done or failed); heavy arrays end here.
 
-    Returns one small summary row per clip (done or failed); heavy arrays end here.
-    """
-    records, summaries = [], []
+    `write` in a clip's timings is its share of the batch's writing time (the npz, dense
+    files and the Parquet shard together)."""
+    write = Stage("write")
+    live = [row for row in rows if not failed(row)]
+    start = time.perf_counter()
+    for output_format in formats:
+        errors = output_format.write(live, output_root) if live else {}
+        for row in live:
+            if row["clip_id"] in errors:
+                mark_failed(row, write, errors[row["clip_id"]])
+        live = [row for row in live if not failed(row)]
+    seconds = round((time.perf_counter() - start) / max(len(live), 1), 4)
+    summaries = []
     for row in rows:
         summary = {k: row.get(k, "") for k in SUMMARY_COLUMNS if k in row}
         summary.update(status="failed", num_frames=0, num_tracks=0)
         summary["track_counts"] = json.dumps(track_counts(row), sort_keys=True)
         if not failed(row):
-            start = time.perf_counter()
-            try:
-                dense_files = None
-                if len(row.get("dense_depth", b"")):
-                    shape = depth_shape(row["dense_depth"], f"clip {row['clip_id']!r}")
-                    dense_files = write_dense(
-                        output_root,
-                        row["clip_id"],
-                        row["dense_left"],
-                        row["dense_right"],
-                        row["dense_depth"],
-                        camera_json(shape[0], shape[2], baseline_m=float(row["baseline_m"])),
-                    )
-                record = build_clip_record(
-                    name=row["clip_id"],
-                    video_id=row["video_id"],
-                    timestamps=row["timestamps"],
-                    camera2world=row["camera2world"],
-                    rectified2rig=row["rectified2rig"],
-                    fov_bounds=row["fov_bounds"],
-                    tracks=np.nan_to_num(row["points_opt"]),
-                    track_mask=row["mask"],
-                    visibility=row["visible"],
-                    colours=row["colours"],
-                    motion=row["motion"],
-                    stage_timings=json.loads(row["timings"]),
-                    metadata=json.loads(row["metadata"]),
-                    dense_files=dense_files,
-                    video_format=row["video_format"],
-                )
-                write_clip_npz(record, output_root)
-                _update_json(row, "timings", {"write": round(time.perf_counter() - start, 4)})
-                records.append(record)
-                summary.update(
-                    status="done",
-                    num_frames=record.num_frames,
-                    num_tracks=record.num_tracks,
-                    timings=row["timings"],
-                )
-            except Exception as error:
-                mark_failed(row, Stage("write", ()), error)
+            update_json(row, "timings", {"write": seconds})
+            num_tracks, num_frames = row["mask"].shape
+            summary.update(
+                status="done",
+                num_frames=int(num_frames),
+                num_tracks=int(num_tracks),
+                timings=row["timings"],
+            )
         summary.update({k: row[k] for k in ERROR_COLUMNS})
         summaries.append(summary)
-    if records:
-        write_parquet_shard(records, output_root)
     return summaries

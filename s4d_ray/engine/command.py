@@ -1,20 +1,28 @@
-"""The main job's command line, shared by `jobs/process_clips.py` (`ray job submit`) and `s4d run`."""
+"""The main job's command line, shared by `jobs/process_clips.py` (`ray job submit`) and `s4d run`.
+
+The command layer composes what the engine does not know: own videos prepared into release
+clips first (`s4d_ray.ownvideo`), then the pipeline, then the run report (`s4d_ray.viz`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import socket
-import sys
 import threading
 
-from s4d_ray.argtypes import float_range, int_range
-from s4d_ray.engine.config import ConfigError, load_config
-from s4d_ray.engine.own_videos import own_video_config
-from s4d_ray.engine.pipeline import run_pipeline
-from s4d_ray.errors import InputError, report_error
-from s4d_ray.ownvideo.prepare import VIDEO_TIMEOUT_S
+from s4d_ray.argtypes import Command, float_range, int_range
+from s4d_ray.engine.config import BACKENDS, PipelineConfig, load_config
+from s4d_ray.engine.pipeline import RunSummary, TooManyFailuresError, output_guard, run_clips
+from s4d_ray.engine.ray_connect import ensure_ray
+from s4d_ray.errors import InputError
+from s4d_ray.io.writer import ClipFailure
+from s4d_ray.ownvideo.distributed import own_video_config, prepare_videos
+from s4d_ray.ownvideo.prepare import VIDEO_TIMEOUT_S, OwnVideoConfig
+
+log = logging.getLogger("s4d_ray.engine.command")
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -33,6 +41,47 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as error:
         raise ConnectionError(f"cannot reach the Ray cluster at {address!r}: {error}") from None
+
+
+def write_run_report(output: str) -> None:
+    """OUTPUT/report.html from the run's outputs; a report that fails never fails the run."""
+    from s4d_ray.viz.report import write_report
+
+    try:
+        log.info("run report: %s", write_report(output))
+    except Exception:
+        log.exception("could not write the run report under %s", output)
+
+
+def run_job(
+    npz: str,
+    output: str,
+    config: PipelineConfig,
+    videos: str = "",
+    rectified: str = "",
+    limit: int | None = None,
+    own_videos: OwnVideoConfig | None = None,
+) -> RunSummary:
+    """The whole job under the output's guard (paths checked, lease held): with `own_videos`
+    (and no `npz`), every video under `videos` is first split, calibrated and posed in Ray
+    tasks and the prepared clips are run, videos that could not be prepared becoming failure
+    rows; then the pipeline (`engine.pipeline.run_clips`); then OUTPUT/report.html, also
+    when the run aborts for too many failures."""
+    with output_guard(output, {"--npz": npz, "--videos": videos, "--rectified": rectified}):
+        failures: list[ClipFailure] = []
+        if own_videos is not None:  # own-video mode: videos -> posed release clips first
+            connected = ensure_ray()
+            if connected:
+                log.info("Ray: %s", connected)
+            prepared = prepare_videos(videos, output, own_videos)
+            npz, failures = prepared.npz_folder, prepared.failures
+        try:
+            summary = run_clips(npz, output, config, videos, rectified, limit, failures)
+        except TooManyFailuresError:
+            write_run_report(output)
+            raise
+        write_run_report(output)
+        return summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,7 +118,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder of <clip_id>-{left,right}_rectified.mp4 instead of raw videos",
     )
     parser.add_argument("--output", required=True, help="output folder (any fsspec URI)")
-    parser.add_argument("--backend", choices=("cpu", "neural"), default=None, help="default: cpu")
+    parser.add_argument("--backend", choices=BACKENDS, default=None, help="default: cpu")
     parser.add_argument(
         "--limit", type=int_range(1), default=None, help="process at most N new clips"
     )
@@ -92,39 +141,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the job from parsed flags; print the summary. Exit code 2 for a bad config or
-    input (checked on the driver before Ray starts), 3 when aborted for too many failures."""
-    try:
-        config = load_config(
-            args.config,
-            backend=args.backend,
-            max_failure_fraction=args.max_failure_fraction,
-            dense=True if getattr(args, "dense", False) else None,
-        )
-    except (ConfigError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    """Run the job from parsed flags; print the summary. A bad config or input is refused on
+    the driver before Ray starts (exit 2); too many failed clips abort the run (exit 3)."""
+    config = load_config(
+        args.config,
+        backend=args.backend,
+        max_failure_fraction=args.max_failure_fraction,
+        dense=True if args.dense else None,
+    )
     # `ray job stop` sends SIGTERM: unwind (the output lease is released) instead of dying
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    try:
-        if args.address:
-            import ray
+    if args.address:
+        import ray
 
-            check_reachable(args.address)
-            ray.init(address=args.address)
-        own_videos = None
-        if not args.npz:
-            if not args.videos:
-                raise InputError("give release clips (--npz) or your own videos (--videos)")
-            own_videos = own_video_config(
-                args.min_clip_frames, args.max_clip_frames, args.video_timeout_s
-            )
-        summary = run_pipeline(
-            args.npz, args.output, config, args.videos, args.rectified, args.limit, own_videos
+        check_reachable(args.address)
+        ray.init(address=args.address)
+    own_videos = None
+    if not args.npz:
+        if not args.videos:
+            raise InputError("give release clips (--npz) or your own videos (--videos)")
+        own_videos = own_video_config(
+            args.min_clip_frames, args.max_clip_frames, args.video_timeout_s
         )
-    except Exception as error:
-        return report_error(error, "s4d run")
+    summary = run_job(
+        args.npz, args.output, config, args.videos, args.rectified, args.limit, own_videos
+    )
     printable = {k: v for k, v in summary.__dict__.items() if k != "config"}
     print(json.dumps(printable, indent=2, sort_keys=True))
     return 0
+
+
+COMMANDS = (
+    Command(
+        "run",
+        "the main job: process clips into 4D tracks on Ray (local or --address)",
+        add_arguments,
+        run,
+    ),
+)

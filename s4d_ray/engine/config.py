@@ -13,17 +13,16 @@ GPU share sized to the stage's part of the work (not yet measured on a GPU). A Y
     optimizer: {clips_per_batch: 8}
 
 Every value is checked on the driver before Ray starts (`ConfigError` names the key path, e.g.
-`stages.tracking.num_gpu`): unknown keys at any depth — per-model options against the stage
-backend's constructor parameters —, types, precision strings, fractions in [0, 1], positive
-sizes, and that every section is a mapping.
+`stages.tracking.num_gpu`): unknown keys at any depth, types, precision strings, fractions in
+[0, 1], positive sizes, and that every section is a mapping. Per-model options are checked by
+the stage backend's registered options (`s4d_ray.stages.base.validate_options`): the backend
+says what it accepts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +31,14 @@ from typing import Any
 from s4d_ray.errors import InputError
 from s4d_ray.io import fs
 from s4d_ray.models.device import PRECISIONS
+from s4d_ray.stages.base import (
+    ENGINE_OPTIONS,
+    MODEL_STAGES,
+    OptionError,
+    type_name,
+    type_problem,
+    validate_options,
+)
 
 
 @dataclass(frozen=True)
@@ -85,24 +92,8 @@ def default_resources(backend: str) -> dict[str, StageResources]:
 
 
 BACKENDS = ("cpu", "neural")
-MODEL_STAGES = ("stereo", "tracking", "segmentation")
-
-ENGINE_OPTIONS = ("device", "precision")
-"""Model constructor parameters the engine fills in from `models.device` / `models.precision`."""
-
-POSITIVE_OPTIONS = frozenset(
-    {
-        "batch_size",
-        "block_size",
-        "input_size",
-        "num_disparities",
-        "query_chunk_size",
-        "query_frame_interval",
-        "query_stride",
-        "resolution",
-    }
-)
-"""Per-model options that are sizes or counts: > 0 when given."""
+"""The engine's backends; every model stage registers one backend under each name
+(`s4d_ray.stages.base.register_backend`)."""
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -118,10 +109,11 @@ class ConfigError(InputError):
 @dataclass
 class ModelSettings:
     """How the model stages run: device ('auto' = the GPU Ray gave the actor, else CPU),
-    precision ('fp32', 'bf16', 'fp16'), and per-stage options passed to the stage's
-    constructor (`StereoMatcher`, `Tracker`, `Segmenter`), e.g. `weights_uri` (any fsspec
-    URI; default the official checkpoint), `batch_size`, `query_stride`, `query_chunk_size`,
-    and for SEA-RAFT a `config` dict of official config keys.
+    precision (`PRECISIONS`), and per-stage options of the stage's backend on the configured
+    backend, the fields of its registered options dataclass (e.g. `SEARAFTOptions`,
+    `TapirOptions`, `DeepLabOptions`): `weights_uri` (any fsspec URI; default the official
+    checkpoint), `batch_size`, `query_stride`, `query_chunk_size`, and for SEA-RAFT a `config`
+    dict of official config keys. Device and precision go to every backend that takes them.
 
     A model actor that Ray gave a GPU checks CUDA before it loads weights; when CUDA does not
     work the job stops (`GpuUnavailableError`) unless `allow_cpu_fallback` (a rehearsal on
@@ -136,11 +128,13 @@ class ModelSettings:
 
 
 @dataclass
-class OptimizerSettings:
-    """The reducer: how many clips share one batched, jitted optimiser call."""
+class OptimizeStageSettings:
+    """The optimize stage (a reducer): how many clips share one batched, jitted optimiser call,
+    and the Adam steps per track (None: the optimiser's default,
+    `s4d_ray.track.optimize.OptimizerSettings.num_steps`)."""
 
     clips_per_batch: int = 4
-    num_steps: int = 100
+    num_steps: int | None = None
 
 
 @dataclass
@@ -151,7 +145,7 @@ class PipelineConfig:
     backend: str = "cpu"
     stages: dict[str, StageResources] = field(default_factory=dict)
     models: ModelSettings = field(default_factory=ModelSettings)
-    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
+    optimizer: OptimizeStageSettings = field(default_factory=OptimizeStageSettings)
     clips_per_shard: int = 8
     min_tracks: int = 16
     """Clips keeping fewer valid tracks fail; 0 writes every clip (wiring tests)."""
@@ -185,35 +179,11 @@ class PipelineConfig:
 # --- checks -----------------------------------------------------------------------------------
 
 
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
 def _check_type(key: str, value: Any, annotation: object) -> None:
-    """`value` against a simple annotation string ('int', 'float | None', ...); other
-    annotations are not checked here."""
-    kinds = {part.strip() for part in str(annotation).split("|")}
-    simple = {"int", "float", "str", "bool", "None"}
-    if not kinds or not kinds <= simple:
-        return
-    ok = (
-        (value is None and "None" in kinds)
-        or (isinstance(value, bool) and "bool" in kinds)
-        or (
-            not isinstance(value, bool)
-            and (
-                (isinstance(value, int) and kinds & {"int", "float"})
-                or (isinstance(value, float) and "float" in kinds)
-                or (isinstance(value, str) and "str" in kinds)
-            )
-        )
-    )
-    if not ok:
-        names = {"None": "null", "float": "a number", "int": "an integer", "str": "a string"}
-        wanted = " or ".join(sorted(names.get(k, k) for k in kinds))
-        raise ConfigError(key, f"must be {wanted}, got {_type_name(value)} {value!r}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(key, f"must be finite, got {value!r}")
+    """`value` against a simple annotation ('int', 'float | None', ...; `type_problem`)."""
+    problem = type_problem(value, annotation)
+    if problem:
+        raise ConfigError(key, problem)
 
 
 def _check_fields(obj: Any, prefix: str) -> None:
@@ -227,70 +197,20 @@ def _at_least(key: str, value: float, low: float) -> None:
         raise ConfigError(key, f"must be >= {low}, got {value!r}")
 
 
-def model_parameters(stage: str, backend: str) -> dict[str, inspect.Parameter]:
-    """Options a user may give `models.<stage>` on `backend`: the stage class's (or, for
-    stereo, the backend class's) constructor parameters, less the backend name, the options
-    the engine fills in (`ENGINE_OPTIONS`) and, on cpu, the neural-only ones."""
-    if stage == "stereo":
-        from s4d_ray.stages.stereo import SEARAFTStereo, SGBMStereo
-
-        cls: type[object] = SGBMStereo if backend == "cpu" else SEARAFTStereo
-        neural_only: frozenset[str] = frozenset()
-    elif stage == "tracking":
-        from s4d_ray.stages.tracking import Tracker
-
-        cls, neural_only = Tracker, Tracker.NEURAL_ONLY
-    elif stage == "segmentation":
-        from s4d_ray.stages.segmentation import Segmenter
-
-        cls, neural_only = Segmenter, Segmenter.NEURAL_ONLY
-    else:
-        raise KeyError(stage)
-    skip = {"self", "backend", *ENGINE_OPTIONS, *(neural_only if backend == "cpu" else ())}
-    return {
-        name: p
-        for name, p in inspect.signature(cls.__init__).parameters.items()
-        if name not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
-
-
 def _check_model_options(stage: str, options: Any, backend: str) -> None:
+    """`models.<stage>` against the options the stage's `backend` registered."""
     where = f"models.{stage}"
     if not isinstance(options, dict):
-        raise ConfigError(where, f"must be a mapping of options, got {_type_name(options)}")
-    parameters = model_parameters(stage, backend)
-    for name, value in options.items():
-        key = f"{where}.{name}"
+        raise ConfigError(where, f"must be a mapping of options, got {type_name(options)}")
+    for name in options:
         if name in ENGINE_OPTIONS:
-            raise ConfigError(key, f"set models.{name} instead (one value for every model)")
-        if name not in parameters:
             raise ConfigError(
-                key,
-                f"not an option of the {backend} {stage} backend; options: {sorted(parameters)}",
+                f"{where}.{name}", f"set models.{name} instead (one value for every model)"
             )
-        if stage == "stereo" and name == "config" and value is not None:
-            _check_sea_raft_config(key, value)
-            continue
-        _check_type(key, value, parameters[name].annotation)
-        if name in POSITIVE_OPTIONS and value is not None:
-            _at_least(key, value, 1)
-        if name == "prune_radius":
-            _at_least(key, value, 0)
-
-
-def _check_sea_raft_config(key: str, value: Any) -> None:
-    """`models.stereo.config`: a mapping of official SEA-RAFT config keys (imports torch, so
-    only when given)."""
-    if not isinstance(value, dict):
-        raise ConfigError(
-            key, f"must be a mapping of SEA-RAFT config keys, got {_type_name(value)}"
-        )
-    from s4d_ray.models.sea_raft import SEARAFTConfig
-
     try:
-        SEARAFTConfig.from_dict(value)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(key, str(error)) from error
+        validate_options(stage, backend, options)
+    except OptionError as error:
+        raise ConfigError(f"{where}.{error.option}", error.message) from error
 
 
 def check_config(config: PipelineConfig) -> None:
@@ -307,7 +227,7 @@ def check_config(config: PipelineConfig) -> None:
     for name, res in config.stages.items():
         prefix = f"stages.{name}."
         if not isinstance(res, StageResources):
-            raise ConfigError(f"stages.{name}", f"must be a mapping, got {_type_name(res)}")
+            raise ConfigError(f"stages.{name}", f"must be a mapping, got {type_name(res)}")
         _check_fields(res, prefix)
         _at_least(prefix + "num_cpus", res.num_cpus, 0)
         _at_least(prefix + "num_gpus", res.num_gpus, 0)
@@ -317,13 +237,13 @@ def check_config(config: PipelineConfig) -> None:
         if not isinstance(res.custom_resources, dict):
             raise ConfigError(
                 prefix + "custom_resources",
-                f"must be a mapping of resource names to amounts, got {_type_name(res.custom_resources)}",
+                f"must be a mapping of resource names to amounts, got {type_name(res.custom_resources)}",
             )
         for resource, amount in res.custom_resources.items():
             _check_type(f"{prefix}custom_resources.{resource}", amount, "float")
             _at_least(f"{prefix}custom_resources.{resource}", amount, 0)
     if not isinstance(config.models, ModelSettings):
-        raise ConfigError("models", f"must be a mapping, got {_type_name(config.models)}")
+        raise ConfigError("models", f"must be a mapping, got {type_name(config.models)}")
     _check_fields(config.models, "models.")
     if config.models.precision not in PRECISIONS:
         raise ConfigError(
@@ -335,11 +255,12 @@ def check_config(config: PipelineConfig) -> None:
         )
     for stage in MODEL_STAGES:
         _check_model_options(stage, getattr(config.models, stage), config.backend)
-    if not isinstance(config.optimizer, OptimizerSettings):
-        raise ConfigError("optimizer", f"must be a mapping, got {_type_name(config.optimizer)}")
+    if not isinstance(config.optimizer, OptimizeStageSettings):
+        raise ConfigError("optimizer", f"must be a mapping, got {type_name(config.optimizer)}")
     _check_fields(config.optimizer, "optimizer.")
     _at_least("optimizer.clips_per_batch", config.optimizer.clips_per_batch, 1)
-    _at_least("optimizer.num_steps", config.optimizer.num_steps, 1)
+    if config.optimizer.num_steps is not None:
+        _at_least("optimizer.num_steps", config.optimizer.num_steps, 1)
 
 
 # --- building from plain data -----------------------------------------------------------------
@@ -350,10 +271,10 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise ConfigError(where, f"must be a mapping, got {_type_name(value)} {value!r:.80}")
+        raise ConfigError(where, f"must be a mapping, got {type_name(value)} {value!r:.80}")
     for key in value:
         if not isinstance(key, str):
-            raise ConfigError(where, f"keys must be strings, got {_type_name(key)} {key!r}")
+            raise ConfigError(where, f"keys must be strings, got {type_name(key)} {key!r}")
     return dict(value)
 
 
@@ -389,9 +310,9 @@ def config_from_dict(values: Any) -> PipelineConfig:
         values["models"] = ModelSettings(**models)
     if "optimizer" in values:
         optimizer = _known(
-            OptimizerSettings, _mapping(values["optimizer"], "optimizer"), "optimizer."
+            OptimizeStageSettings, _mapping(values["optimizer"], "optimizer"), "optimizer."
         )
-        values["optimizer"] = OptimizerSettings(**optimizer)
+        values["optimizer"] = OptimizeStageSettings(**optimizer)
     return PipelineConfig(**values)
 
 
@@ -436,7 +357,7 @@ def load_config(uri: str | None, **overrides: Any) -> PipelineConfig:
         if values is None:
             values = {}
         if not isinstance(values, Mapping):
-            raise ConfigError("", f"{uri!r} must hold a mapping, got {_type_name(values)}")
+            raise ConfigError("", f"{uri!r} must hold a mapping, got {type_name(values)}")
         values = dict(values)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return config_from_dict(values)

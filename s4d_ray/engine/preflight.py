@@ -19,6 +19,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from s4d_ray.errors import InputError
 from s4d_ray.io import fs
 from s4d_ray.io.overlap import OutputPathError, check_output
 from s4d_ray.io.writer import FAILURES_DIR, NPZ_DIR, PARQUET_DIR
@@ -31,8 +32,9 @@ log = logging.getLogger("s4d_ray.engine.preflight")
 OUTPUT_DIRS = (NPZ_DIR, PARQUET_DIR, FAILURES_DIR)
 
 
-class ClusterResourcesError(ValueError):
-    """A stage asks for resources the Ray cluster cannot provide (it would wait forever)."""
+class ClusterResourcesError(InputError):
+    """A stage asks for resources the Ray cluster cannot provide (it would wait forever):
+    refused before the run, exit 2."""
 
 
 def check_paths(output: str, inputs: Mapping[str, str]) -> None:

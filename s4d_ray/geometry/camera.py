@@ -10,12 +10,19 @@ lat = asin(y) for a unit ray.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from dataclasses import dataclass
+
 import numpy as np
 from numpy.typing import ArrayLike
 
 STEREO_BASELINE_M = 0.063
+"""The Stereo4D release's stereo baseline (m), for videos that do not state their own."""
 RECTIFIED_SIZE = 512
+"""Side of the release's square rectified views (px)."""
 RECTIFIED_HFOV_DEG = 60.0
+"""Horizontal (and vertical) field of view of the release's rectified views (degrees)."""
 
 
 def focal_length_px(width: int, hfov_deg: float) -> float:
@@ -27,6 +34,47 @@ def intrinsics(width: int, height: int, hfov_deg: float) -> np.ndarray:
     """[3,3] pinhole intrinsics, principal point at the image centre."""
     f = focal_length_px(width, hfov_deg)
     return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
+
+
+@dataclass(frozen=True)
+class RectifiedCamera:
+    """The rectified stereo camera of one clip: square views of `size_px` px with a horizontal
+    field of view of `hfov_deg` degrees, eyes `baseline_m` metres apart (the video's own rig).
+
+    Carried per clip from rectification to depth, lifting and the dense outputs, so a video
+    with another baseline (or views of another size) is measured with its own camera."""
+
+    size_px: int
+    hfov_deg: float
+    baseline_m: float
+
+    @property
+    def focal_px(self) -> float:
+        """fx = fy in px: size / (2·tan(hfov/2))."""
+        return focal_length_px(self.size_px, self.hfov_deg)
+
+    def intrinsics(self) -> np.ndarray:
+        """[3,3] pinhole intrinsics of the square view, principal point at its centre."""
+        return intrinsics(self.size_px, self.size_px, self.hfov_deg)
+
+    def with_baseline(self, baseline_m: float) -> RectifiedCamera:
+        """The same views for a rig `baseline_m` metres wide."""
+        return dataclasses.replace(self, baseline_m=float(baseline_m))
+
+    def to_json(self) -> str:
+        """The camera as a JSON object (how clip rows carry it)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RectifiedCamera:
+        """Inverse of `to_json`."""
+        fields = json.loads(text)
+        return cls(int(fields["size_px"]), float(fields["hfov_deg"]), float(fields["baseline_m"]))
+
+
+RELEASE_CAMERA = RectifiedCamera(RECTIFIED_SIZE, RECTIFIED_HFOV_DEG, STEREO_BASELINE_M)
+"""The Stereo4D release's rectified camera: 512 px, 60°, 6.3 cm; `with_baseline` for a video
+whose format states its own baseline."""
 
 
 def perspective_rays(width: int, height: int, hfov_deg: float) -> np.ndarray:

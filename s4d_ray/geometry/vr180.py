@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from s4d_ray.geometry.camera import RECTIFIED_HFOV_DEG, RECTIFIED_SIZE, perspective_rays
-from s4d_ray.io.stereo_format import StereoFormat
+from s4d_ray.geometry.stereo_format import StereoFormat
 
 OUTSIDE = -1.0
 """Map value of a ray outside the eye's field (read as the remap's black border)."""

@@ -289,13 +289,18 @@ def write_dense(
         "depth.npz": depth,
         "camera.json": camera.encode(),
     }
-    written = {}
     for name, data in files.items():
         if not data:
             raise DenseOutputError(f"clip {clip_id!r}: dense {name} is empty")
         fs.write_bytes(dense_file(output_root, clip_id, name), data)
-        written[name.split(".")[0]] = f"{DENSE_DIR}/{clip_id}/{name}"
-    return written
+    return dense_paths(clip_id)
+
+
+def dense_paths(clip_id: str) -> dict[str, str]:
+    """{name: path relative to OUTPUT} of a clip's dense files (`left`, `right`, `depth`,
+    `camera`): what its npz lists as `dense_files`."""
+    validate_clip_id(clip_id)
+    return {name.split(".")[0]: f"{DENSE_DIR}/{clip_id}/{name}" for name in DENSE_FILES}
 
 
 def dense_clip_ids(output_root: str) -> set[str]:

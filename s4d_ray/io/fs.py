@@ -13,11 +13,23 @@ import posixpath
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO
 
 import fsspec
 
+from s4d_ray.errors import S4DError
+
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
+def cache_dir() -> Path:
+    """This machine's s4d cache folder (downloaded weights, JAX's compiled programs):
+    `$S4D_CACHE_DIR`, else `~/.cache/s4d_ray/weights`."""
+    root = os.environ.get("S4D_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "s4d_ray", "weights"
+    )
+    return Path(root)
 
 
 def _umask() -> int:
@@ -97,11 +109,11 @@ TEMP_SUFFIX = ".partial"
 listing (`is_internal`), and never ending in an output suffix such as `.parquet`."""
 
 
-class NotRegularFileError(OSError):
+class NotRegularFileError(S4DError, OSError):
     """An input that is not a regular file or object with a size (a FIFO, a device, a folder)."""
 
 
-class InputTooLargeError(OSError):
+class InputTooLargeError(S4DError, OSError):
     """An input larger than the size allowed for it."""
 
 

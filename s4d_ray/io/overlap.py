@@ -58,3 +58,12 @@ def check_output(output: str, inputs: Mapping[str, str], output_flag: str = "--o
                 f"{path}): outputs would overwrite or be read as inputs; choose a separate "
                 "output location"
             )
+
+
+def check_output_folder(uri: str, flag: str) -> None:
+    """Refuse an output folder that exists as something else (a file, a FIFO) before any
+    work: otherwise the command fails at its first write, after the work, with an errno."""
+    if fs.is_local(uri):
+        path = fs.filesystem(uri)[1]
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise InputError(f"{flag} {uri!r} exists and is not a folder")

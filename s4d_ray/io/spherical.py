@@ -26,6 +26,8 @@ from typing import IO, Any, BinaryIO
 
 import numpy as np
 
+from s4d_ray.errors import S4DError
+
 MAX_MOOV_BYTES = 256 * 2**20
 """Largest `moov` box read (bytes): its sample tables grow with the video's length."""
 
@@ -92,7 +94,7 @@ _MKV_STEREO = {0: "mono", 1: "left-right", 2: "bottom-top", 3: "top-bottom", 11:
 _MKV_PROJECTION = {0: "rectangular", 1: "equirect", 2: "cubemap", 3: "mesh"}
 
 
-class SphericalMetadataError(ValueError):
+class SphericalMetadataError(S4DError, ValueError):
     """A malformed, truncated or oversized header; the message names the file and the box or
     element."""
 

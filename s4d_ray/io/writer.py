@@ -1,4 +1,5 @@
-"""The write stage: write clips as release npz files, Parquet shards and a failures table.
+"""The release output format: clips as release npz files and Parquet shards, and the failures
+table; `write_records` writes a batch, `release_clip_ids` lists the complete clips.
 
 Layout under an output root (any fsspec URI: local path, `gs://`, `memory://`):
     OUTPUT/npz/<clip_id>.npz              one release npz per clip (+ our extras)
@@ -29,12 +30,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from s4d_ray.io import fs
-from s4d_ray.io.clip_io import ClipRecord, write_clip
+from s4d_ray.io.clip_io import ClipRecord, npz_stem, write_clip
 from s4d_ray.io.qa import QA_COLUMNS, clip_qa
 
 NPZ_DIR = "npz"
@@ -246,6 +251,75 @@ def write_parquet_shard(
     return uri
 
 
+def write_records(records: Sequence[ClipRecord], output_root: str) -> dict[str, Exception]:
+    """Write a batch of clips in the release format: one npz per record, then one Parquet shard
+    (named by `shard_name` of the clips written) of every clip whose npz was written.
+
+    Returns the clips whose npz could not be written (clip id -> error; they are not in the
+    shard); a shard that cannot be written raises. Names are pure functions of the clip ids,
+    so writing the same batch again overwrites instead of duplicating."""
+    written: list[ClipRecord] = []
+    errors: dict[str, Exception] = {}
+    for record in records:
+        try:
+            write_clip_npz(record, output_root)
+        except Exception as error:  # one clip that cannot be written fails alone
+            errors[record.name] = error
+            continue
+        written.append(record)
+    if written:
+        write_parquet_shard(written, output_root)
+    return errors
+
+
+def _arrow_filesystem(filesystem: fsspec.AbstractFileSystem) -> pafs.FileSystem:
+    """pyarrow's own filesystem for local paths (native, multi-threaded), else the fsspec one
+    wrapped (gcsfs with its emulator and anonymous-access options, memory://)."""
+    if isinstance(filesystem, LocalFileSystem):
+        return pafs.LocalFileSystem()
+    # pyarrow-stubs declare FSSpecHandler abstract; it implements every handler method
+    return pafs.PyFileSystem(pafs.FSSpecHandler(filesystem))  # type: ignore[abstract]
+
+
+SHARDS_PER_READ = 1000
+"""Shards per pyarrow dataset read: one dataset keeps ~100 kB of metadata per fragment until
+it is dropped, so 14,000 shards in one would peak at ~1.5 GB; 1,000 at a time stay ~0.3 GB
+at the same speed (benchmarks/bench_startup.py)."""
+
+
+def clip_ids_in_shards(folder: str) -> set[str]:
+    """The `name` column of every Parquet shard in `folder`, read as pyarrow datasets.
+
+    One listing, then pyarrow reads each shard's footer and name column chunk on its thread
+    pool, `SHARDS_PER_READ` shards per dataset (no schema inference: the fragments are made
+    from the listed paths directly).
+    """
+    filesystem, paths = fs.list_paths(folder, ".parquet")
+    names: set[str] = set()
+    if not paths:
+        return names
+    arrow_fs = _arrow_filesystem(filesystem)
+    schema = pa.schema([("name", pa.string())])
+    for start in range(0, len(paths), SHARDS_PER_READ):
+        dataset = pads.FileSystemDataset.from_paths(
+            paths[start : start + SHARDS_PER_READ],
+            schema=schema,
+            format=pads.ParquetFileFormat(),
+            filesystem=arrow_fs,
+        )
+        column = dataset.to_table(columns=["name"]).column("name")
+        names.update(name for name in column.to_pylist() if name is not None)  # no null ids
+    return names
+
+
+def release_clip_ids(output_root: str) -> set[str]:
+    """Clips complete in the release format under `output_root`: an npz and a row in some
+    Parquet shard (two listings and the shards' name columns read as datasets: 110,000 clips
+    in 14,000 shards take ~11 s of CPU, see benchmarks/bench_startup)."""
+    _, npz_paths = fs.list_paths(fs.join(output_root, NPZ_DIR), ".npz")
+    return {npz_stem(p) for p in npz_paths} & clip_ids_in_shards(fs.join(output_root, PARQUET_DIR))
+
+
 def _read_tables(uri: str) -> list[pa.Table]:
     """Parquet tables of a file, or of every `.parquet` file in a folder (sorted)."""
     filesystem, path = fs.filesystem(uri)
@@ -307,26 +381,3 @@ def read_failures(uri: str) -> list[ClipFailure]:
         for table in _read_tables(uri)
         for row in table.select(list(FAILURE_COLUMNS)).to_pylist()
     ]
-
-
-@dataclass(frozen=True)
-class BatchOutputs:
-    """URIs written for one batch of clips."""
-
-    npz: tuple[str, ...]
-    parquet: str | None
-    failures: str | None
-
-
-def write_batch(
-    records: Sequence[ClipRecord], failures: Sequence[ClipFailure], output_root: str
-) -> BatchOutputs:
-    """Write a batch: one npz per record, one shard, one failures table.
-
-    Shard and failures names derive from all clip ids of the batch (done or failed), so a re-run
-    of the same batch overwrites both even when a different subset fails.
-    """
-    shard_id = shard_name([r.name for r in records] + [f.clip_id for f in failures])
-    npz = tuple(write_clip_npz(r, output_root) for r in records)
-    parquet = write_parquet_shard(records, output_root, shard_id) if records else None
-    return BatchOutputs(npz, parquet, write_failures(failures, output_root, shard_id))

@@ -107,6 +107,18 @@ SPRING_M_CONFIG = SEARAFTConfig(
     iters=4,
 )
 
+TINY_CONFIG = dataclasses.replace(
+    SPRING_M_CONFIG,
+    pretrain="resnet18",
+    initial_dim=8,
+    block_dims=(8, 12, 16),
+    radius=2,
+    dim=8,
+    num_blocks=1,
+    iters=2,
+)
+"""A tiny SEA-RAFT: fast on CPU, the same code paths as spring-M (tests, CPU benchmarks)."""
+
 
 class ResidualBlock(nn.Module):
     """ResNet basic block (two 3×3 convs with batch norm); 1×1 conv + BN shortcut when reshaping.

@@ -8,7 +8,6 @@ Only safe formats are ever opened by callers: safetensors, `torch.load(weights_o
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import zipfile
 from collections.abc import Iterable
@@ -117,14 +116,6 @@ def load_torch_checkpoint(
         raise CheckpointError(f"{uri!r} is not a safe-to-load {what}: {message}") from e
 
 
-def cache_dir() -> Path:
-    """Cache folder: `$S4D_CACHE_DIR`, else `~/.cache/s4d_ray/weights`."""
-    root = os.environ.get("S4D_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "s4d_ray", "weights"
-    )
-    return Path(root)
-
-
 def cached_path(uri: str) -> Path:
     """Local path of `uri`: the path itself when local, else a cached copy keyed by the URI."""
     if fs.is_local(uri):
@@ -142,7 +133,7 @@ def cached_path(uri: str) -> Path:
         str(info.get(k, "")) for k in ("size", "etag", "ETag", "mtime", "updated", "generation")
     ]
     key = hashlib.sha256("\n".join([uri, *version]).encode()).hexdigest()[:16]
-    target = cache_dir() / f"{key}-{uri.rstrip('/').rsplit('/', 1)[-1]}"
+    target = fs.cache_dir() / f"{key}-{uri.rstrip('/').rsplit('/', 1)[-1]}"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from s4d_ray.geometry.rectify import rectify_clip
 from s4d_ray.io import fs, video_lookup
 from s4d_ray.io.clip_io import ClipRecord, write_clip
 from s4d_ray.io.ids import make_clip_id, validate_video_id
+from s4d_ray.io.rectify import rectify_clip
 from s4d_ray.io.video_lookup import VIDEO_FORMAT_EXTRA, RawVideo
 from s4d_ray.ownvideo.calibration import STAGE as CALIBRATION_STAGE
 from s4d_ray.ownvideo.calibration import CalibrationConfig, calibrate_video

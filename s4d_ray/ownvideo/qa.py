@@ -17,8 +17,8 @@ import numpy as np
 
 from s4d_ray.errors import StageError
 from s4d_ray.geometry.pose_metrics import ate_se3, ate_sim3, rpe
-from s4d_ray.geometry.rectify import rectify_clip
 from s4d_ray.io.clip_io import read_clip
+from s4d_ray.io.rectify import rectify_clip
 from s4d_ray.io.video_lookup import find_raw_video
 from s4d_ray.ownvideo.poses import PoseConfig, estimate_poses
 

@@ -1,14 +1,13 @@
-"""`export-pointmaps` command line, shared by `s4d export-pointmaps` and
-`jobs/export_pointmaps.py` (`ray job submit`)."""
+"""`s4d export-pointmaps` (also `jobs/export_pointmaps.py` for `ray job submit`) and
+`s4d eval-pointmaps`."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import sys
 
-from s4d_ray.argtypes import float_range, int_range
+from s4d_ray.argtypes import Command, float_range, int_range
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,22 +45,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the export from parsed flags; print the summary. Exit code 2 for bad flags or input."""
-    from s4d_ray.errors import report_error
+    """Run the export from parsed flags; print the summary."""
     from s4d_ray.pointmaps.export import ExportConfig, export_pointmaps
 
-    try:
-        config = ExportConfig(args.frames, args.stride, args.size, args.min_valid)
-    except ValueError as error:
-        print(f"export-pointmaps: error: {error}", file=sys.stderr)
-        return 2
+    config = ExportConfig(args.frames, args.stride, args.size, args.min_valid)
     if args.address:
         import ray
 
         ray.init(address=args.address)
-    try:
-        summary = export_pointmaps(args.input, args.output, config, args.limit)
-    except Exception as error:
-        return report_error(error, "export-pointmaps")
+    summary = export_pointmaps(args.input, args.output, config, args.limit)
     print(json.dumps(dataclasses.asdict(summary), indent=2, sort_keys=True))
     return 0
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """`s4d eval-pointmaps`'s flags: predicted and reference shards, the JSON result."""
+    parser.add_argument("--pred", required=True, help="shards with <key>.pointmaps.npy [T,H,W,3]")
+    parser.add_argument("--ref", required=True, help="export-pointmaps output (or its shards)")
+    parser.add_argument("--out", default="pointmaps_eval.json", help="JSON result (any URI)")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Score predicted pointmaps against exported windows; print the means, write the JSON."""
+    from s4d_ray.io.overlap import check_output
+    from s4d_ray.pointmaps.evaluate import evaluate_pointmaps, write_json
+
+    check_output(args.out, {"--pred": args.pred, "--ref": args.ref}, "--out")
+    result = evaluate_pointmaps(args.pred, args.ref)
+    write_json(result, args.out)
+    print(
+        json.dumps(
+            {"samples": result["samples"], "mean": result["mean"], "json": args.out}, indent=2
+        )
+    )
+    return 0
+
+
+COMMANDS = (
+    Command(
+        "export-pointmaps",
+        "engine outputs (run with --dense) -> 4D pointmap windows as WebDataset shards (Ray Data)",
+        add_arguments,
+        run,
+    ),
+    Command(
+        "eval-pointmaps",
+        "Abs Rel, delta<1.25, ATE/RPE of predicted pointmaps vs exported windows",
+        add_eval_arguments,
+        run_eval,
+    ),
+)

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from s4d_ray.errors import InputError
 from s4d_ray.io import fs
 from s4d_ray.io.clip_io import read_clip
 from s4d_ray.io.dense import dense_clip_ids, encode_frames, read_dense
@@ -95,15 +96,15 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         if self.frames < 5 or (self.frames - 1) % 4:
-            raise ValueError(
+            raise InputError(
                 f"--frames must be 4k + 1 with k ≥ 1 (5, 9, 13, 17, ...), got {self.frames}"
             )
         if self.stride < 0:
-            raise ValueError(f"--stride must be ≥ 0 (0 = --frames), got {self.stride}")
+            raise InputError(f"--stride must be ≥ 0 (0 = --frames), got {self.stride}")
         if self.size < 16 or self.size % 2:
-            raise ValueError(f"--size must be even and ≥ 16, got {self.size}")
+            raise InputError(f"--size must be even and ≥ 16, got {self.size}")
         if self.min_valid is not None and not 0.0 <= self.min_valid <= 1.0:
-            raise ValueError(f"--min-valid must be in [0, 1], got {self.min_valid}")
+            raise InputError(f"--min-valid must be in [0, 1], got {self.min_valid}")
 
     @property
     def step(self) -> int:
@@ -336,7 +337,7 @@ def _export(
     import ray
     import ray.data
 
-    from s4d_ray.engine.pipeline import completed_clip_ids
+    from s4d_ray.engine.resume import completed_clip_ids
 
     start = time.perf_counter()
     engine_done = completed_clip_ids(input_root)

@@ -8,7 +8,7 @@ RGB of the rectified left and right eye, flows [T,H,W,2] float32 px (x, y):
 The depth stage (`s4d_ray.track.depth.depth_from_flow`) turns them into metric depth and invalidates
 pixels by the forward-backward check, |flow_y| > 1 px and the depth range.
 
-Backends:
+Backends (`stages.base` registry; options: `SEARAFTOptions`, `SGBMOptions`):
 - `neural`: SEA-RAFT spring-M as Stereo4D runs it (`inference_raft.py`, config `scale` = −1):
   both images ×0.5 (bilinear), last iteration's flow, upsampled ×2 (bilinear) and scaled ×2;
   both directions in one batch. fp32, or bf16 / fp16 autocast.
@@ -20,35 +20,59 @@ Backends:
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from s4d_ray.models.device import autocast, check_precision
+from s4d_ray.stages.base import (
+    ModelStage,
+    OptionError,
+    check_pair,
+    positive,
+    register_backend,
+    type_name,
+)
 
 if TYPE_CHECKING:
     import torch
 
     from s4d_ray.models.sea_raft import SEARAFTConfig
 
-BACKENDS = ("cpu", "neural")
-
 NEURAL_SCALE = 0.5
 """Image scale the flow network sees: 2**scale with spring-M's `scale` = −1."""
 
 
-def _check_pair(left: np.ndarray, right: np.ndarray) -> None:
-    if left.ndim != 4 or left.shape[-1] != 3 or left.dtype != np.uint8:
-        raise ValueError(f"left must be [T,H,W,3] uint8, got {left.shape} {left.dtype}")
-    if right.shape != left.shape or right.dtype != np.uint8:
-        raise ValueError(
-            f"right must match left {left.shape} uint8, got {right.shape} {right.dtype}"
-        )
+@dataclass(frozen=True)
+class SGBMOptions:
+    """Options of the `cpu` backend (`SGBMStereo`): disparity range in px (a positive multiple
+    of 16), block size in px, uniqueness margin in %, speckle filter (window in px, disparity
+    range in px) and the median filter's size (0 = off, 3 or 5)."""
+
+    num_disparities: int = 128
+    block_size: int = positive(9)
+    uniqueness_ratio: int = 10
+    speckle_window_size: int = 100
+    speckle_range: int = 2
+    median_size: int = 5
+
+    def __post_init__(self) -> None:
+        if self.median_size not in (0, 3, 5):
+            raise OptionError("median_size", f"must be 0 (off), 3 or 5, got {self.median_size}")
+        if self.num_disparities <= 0 or self.num_disparities % 16:
+            raise OptionError(
+                "num_disparities",
+                f"must be a positive multiple of 16, got {self.num_disparities}",
+            )
 
 
+@register_backend("stereo", "cpu", SGBMOptions)
 class SGBMStereo:
     """Semi-global matching on grey levels; disparities in [0, num_disparities) at 1/16 px.
 
@@ -62,43 +86,23 @@ class SGBMStereo:
     for the 512², 60° hfov, 6.3 cm rig (fx ≈ 443 px).
     """
 
-    def __init__(
-        self,
-        num_disparities: int = 128,
-        block_size: int = 9,
-        uniqueness_ratio: int = 10,
-        speckle_window_size: int = 100,
-        speckle_range: int = 2,
-        median_size: int = 5,
-    ) -> None:
-        if median_size not in (0, 3, 5):
-            raise ValueError(f"median_size must be 0 (off), 3 or 5, got {median_size}")
-        self.median_size = median_size
-        if num_disparities <= 0 or num_disparities % 16:
-            raise ValueError(
-                f"num_disparities must be a positive multiple of 16, got {num_disparities}"
-            )
-        self.num_disparities = num_disparities
+    def __init__(self, options: SGBMOptions = SGBMOptions()) -> None:
+        self.median_size = options.median_size
+        self.num_disparities = options.num_disparities
+        block_size = options.block_size
         self._matcher = cv2.StereoSGBM.create(
             minDisparity=0,
-            numDisparities=num_disparities,
+            numDisparities=options.num_disparities,
             blockSize=block_size,
             P1=8 * 3 * block_size**2,
             P2=32 * 3 * block_size**2,
             disp12MaxDiff=1,
-            uniquenessRatio=uniqueness_ratio,
-            speckleWindowSize=speckle_window_size,
-            speckleRange=speckle_range,
+            uniquenessRatio=options.uniqueness_ratio,
+            speckleWindowSize=options.speckle_window_size,
+            speckleRange=options.speckle_range,
             mode=cv2.STEREO_SGBM_MODE_SGBM_3WAY,
         )
-        self.settings = {
-            "num_disparities": num_disparities,
-            "block_size": block_size,
-            "uniqueness_ratio": uniqueness_ratio,
-            "speckle_window_size": speckle_window_size,
-            "speckle_range": speckle_range,
-            "median_size": median_size,
-        }
+        self.settings = dataclasses.asdict(options)
 
     def provenance(self) -> dict[str, Any]:
         """The matcher and its settings (no weights)."""
@@ -132,7 +136,6 @@ class SGBMStereo:
 
     def __call__(self, left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(flow_fwd, flow_bwd) [T,H,W,2] float32 px of left/right [T,H,W,3] uint8 RGB."""
-        _check_pair(left, right)
         flow_fwd = np.zeros((*left.shape[:3], 2), np.float32)
         flow_bwd = np.zeros_like(flow_fwd)
         for t in range(len(left)):
@@ -197,29 +200,71 @@ def _pairs(
     return np.concatenate([left[fwd], right[bwd]]), np.concatenate([right[fwd], left[bwd]])
 
 
+@dataclass(frozen=True)
+class SEARAFTOptions:
+    """Options of the `neural` backend (`SEARAFTStereo`): the checkpoint (any fsspec URI,
+    safetensors; None = the official spring-M file, `models.sea_raft.DEFAULT_URI`), its
+    architecture (official SEA-RAFT config keys or a `SEARAFTConfig`; None = spring-M), where
+    and in which arithmetic it runs, and image pairs per forward (None = fitted to free GPU
+    memory, 8 on CPU)."""
+
+    weights_uri: str | None = None
+    config: SEARAFTConfig | Mapping[str, Any] | None = None
+    device: str = "cpu"
+    precision: str = "fp32"
+    batch_size: int | None = positive(None)
+
+    def __post_init__(self) -> None:
+        """A config is checked by the model's own reader (imports torch: only when given)."""
+        if self.config is None:
+            return
+        from s4d_ray.models.sea_raft import SEARAFTConfig
+
+        if isinstance(self.config, SEARAFTConfig):
+            return
+        if not isinstance(self.config, Mapping):
+            raise OptionError(
+                "config",
+                f"must be a mapping of SEA-RAFT config keys, got {type_name(self.config)}",
+            )
+        try:
+            SEARAFTConfig.from_dict(self.config)
+        except (TypeError, ValueError) as error:
+            raise OptionError("config", str(error)) from error
+
+
+def _tiny_sea_raft(folder: Path) -> dict[str, Any]:
+    """`model.safetensors` under `folder`: SEA-RAFT's tiny config (`models.sea_raft.TINY_CONFIG`)
+    with random weights, and the options that run it."""
+    import torch
+    from safetensors.torch import save_model
+
+    from s4d_ray.models.sea_raft import SEARAFT, TINY_CONFIG
+
+    torch.manual_seed(0)
+    path = folder / "model.safetensors"
+    save_model(SEARAFT(TINY_CONFIG), str(path))
+    keys = {**dataclasses.asdict(TINY_CONFIG), "block_dims": list(TINY_CONFIG.block_dims)}
+    return {"weights_uri": str(path), "config": keys, "batch_size": 4}
+
+
+@register_backend("stereo", "neural", SEARAFTOptions, tiny=_tiny_sea_raft)
 class SEARAFTStereo:
     """SEA-RAFT flow in both directions; each forward holds `batch_size` image pairs
     (a frame's fwd and bwd pair count as two). batch_size None = fitted to free GPU memory
     (8 on CPU)."""
 
-    def __init__(
-        self,
-        weights_uri: str | None = None,
-        config: SEARAFTConfig | None = None,
-        device: str = "cpu",
-        precision: str = "fp32",
-        batch_size: int | None = None,
-    ) -> None:
+    def __init__(self, options: SEARAFTOptions = SEARAFTOptions()) -> None:
         import torch
 
         from s4d_ray.models.sea_raft import DEFAULT_URI, load_sea_raft
 
-        check_precision(precision)
-        self.weights_uri = weights_uri or DEFAULT_URI
-        self.device = torch.device(device)
-        self.model = load_sea_raft(self.weights_uri, config).to(self.device)
-        self.precision = precision
-        self.batch_size = batch_size
+        check_precision(options.precision)
+        self.weights_uri = options.weights_uri or DEFAULT_URI
+        self.device = torch.device(options.device)
+        self.model = load_sea_raft(self.weights_uri, options.config).to(self.device)
+        self.precision = options.precision
+        self.batch_size = options.batch_size
 
     def provenance(self) -> dict[str, Any]:
         """SEA-RAFT, its config, the checkpoint (URI, size, sha256) and the precision."""
@@ -256,7 +301,6 @@ class SEARAFTStereo:
         """(flow_fwd, flow_bwd) [T,H,W,2] float32 px of left/right [T,H,W,3] uint8 RGB."""
         import torch
 
-        _check_pair(left, right)
         num_frames, height, width = left.shape[:3]
         flows = np.empty((2 * num_frames, height, width, 2), np.float32)
         batch = max(1, self._batch_size(height, width))
@@ -286,30 +330,12 @@ class SEARAFTStereo:
         return torch.from_numpy(frames).to(self.device).permute(0, 3, 1, 2).float()
 
 
-class StereoMatcher:
-    """The stereo stage's callable, built once (e.g. per Ray actor) and applied to one clip per call.
-
-    backend 'cpu': `SGBMStereo` options (num_disparities, block_size, ...); backend 'neural':
-    `SEARAFTStereo` options (weights_uri — default the official spring-M file —, config,
-    device, precision, batch_size). `provenance()` says what produces the flow.
-    """
-
-    def __init__(self, backend: str = "cpu", **options: Any) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.backend_name = backend
-        self.backend: SGBMStereo | SEARAFTStereo = (
-            SGBMStereo(**options) if backend == "cpu" else SEARAFTStereo(**options)
-        )
-        self._provenance: dict[str, Any] | None = None
-
-    def provenance(self) -> dict[str, Any]:
-        """What produces this stage's output, for every clip's metadata: backend, model name,
-        its config, weights (URI, bytes, sha256; None without weights) and precision."""
-        if self._provenance is None:
-            self._provenance = {"backend": self.backend_name, **self.backend.provenance()}
-        return dict(self._provenance)
+class StereoMatcher(ModelStage, stage="stereo"):
+    """The stereo stage's callable: `StereoMatcher(backend, **options)` — backend 'cpu' takes
+    `SGBMOptions`, 'neural' `SEARAFTOptions` —, built once (e.g. per Ray actor) and applied to
+    one clip per call. `provenance()` says what produces the flow."""
 
     def __call__(self, left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(flow_fwd left→right, flow_bwd right→left) [T,H,W,2] float32 px of [T,H,W,3] uint8."""
+        check_pair(left, right)
         return self.backend(left, right)

@@ -6,7 +6,8 @@ within `prune_radius` px of an earlier kept track visible there are dropped *bef
 (`s4d_ray.track.queries.track_with_pruning`), and the survivors are tracked over the whole clip.
 Pixel i spans [i, i+1) (its centre is at i + 0.5), as in TAPIR and the rectified cameras.
 
-Backends:
+Backends (`stages.base` registry; options: `TapirOptions`, `LucasKanadeOptions`, both with the
+query grid's `QueryGridOptions`):
 - `neural`: BootsTAP (TAPIR, pyramid level 1, extra convs, softmax temperature 10) at 512x512,
   frames in [-1, 1]; video features computed once per clip, query chunks tracked against them;
   visible = (1 - sigmoid(occlusion)) * (1 - sigmoid(expected_dist)) > 0.5 (tapnet's rule).
@@ -18,22 +19,60 @@ Backends:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import cv2
 import numpy as np
 
 from s4d_ray.models.device import autocast, autocast_dtype, check_precision
+from s4d_ray.stages.base import ModelStage, at_least, check_frames, positive, register_backend
 from s4d_ray.track.queries import SkipFn, TrackFn, track_with_pruning
 
 if TYPE_CHECKING:
     from s4d_ray.models.tapir import TAPIR
 
 
-DEFAULT_QUERY_STRIDE = {"neural": 4, "cpu": 8}
-"""Query grid stride in px per backend. Stereo4D uses 4 (128x128 queries on 512x512). Lucas-Kanade
-work grows with tracks x frames; the CPU default 8 (64x64 grid) tracks about a quarter as many
-points (512x512, 100 frames: ~35k tracks at ~1 frame/s on one busy core)."""
+@dataclass(frozen=True)
+class QueryGridOptions:
+    """The query grid of every tracking backend: a grid of `query_stride` px on every
+    `query_frame_interval`-th frame, queries within `prune_radius` px of an earlier kept track
+    dropped; `seed` fixes the grid's jitter (a call may pass its own, e.g. derived from the clip
+    id). `skip_sky_queries`: the engine leaves out queries on sky at their query frame when the
+    clip has labels (the drift filter drops those tracks; see `engine.clip_stages.track_points`).
+    """
+
+    query_stride: int = positive(8)
+    query_frame_interval: int = positive(10)
+    prune_radius: float = at_least(0, 1.0)
+    seed: int = 0
+    skip_sky_queries: bool = True
+
+
+@dataclass(frozen=True)
+class LucasKanadeOptions(QueryGridOptions):
+    """Options of the `cpu` backend (`LucasKanadeBackend`): the query grid only. Its stride 8
+    (64x64 grid on 512x512) tracks about a quarter as many points as Stereo4D's 4: Lucas-Kanade
+    work grows with tracks x frames (512x512, 100 frames: ~35k tracks at ~1 frame/s on one busy
+    core)."""
+
+
+@dataclass(frozen=True)
+class TapirOptions(QueryGridOptions):
+    """Options of the `neural` backend (`TapirBackend`): the query grid at Stereo4D's stride 4
+    (128x128 queries on 512x512); the BootsTAP checkpoint (any fsspec URI; None = the official
+    file, `models.tapir.DEFAULT_URI`), where and in which arithmetic it runs, queries per chunk
+    (None = fitted to free GPU memory, 64 on CPU), the square input size in px and BootsTAP's
+    fused refinement (`TAPIR.set_fused_refinement`)."""
+
+    query_stride: int = positive(4)
+    weights_uri: str | None = None
+    device: str = "cpu"
+    precision: str = "fp32"
+    query_chunk_size: int | None = positive(None)
+    resolution: int = positive(512)
+    fused_refinement: bool = True
 
 
 class Tracks2D(NamedTuple):
@@ -98,7 +137,7 @@ class LucasKanadeBackend:
             "precision": "fp32",
         }
 
-    def bind(self, frames: np.ndarray) -> TrackFn:
+    def __call__(self, frames: np.ndarray) -> TrackFn:
         """Track function over one clip, frames [T,H,W,3] uint8 RGB."""
         gray = [cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY) for frame in frames]
         gray_float = [image.astype(np.float32) for image in gray]
@@ -133,6 +172,8 @@ class LucasKanadeBackend:
             return tracks, visible
 
         return track
+
+    bind = __call__  # the name direct callers of a backend use
 
     def _step(
         self, image_from: np.ndarray, image_to: np.ndarray, points: np.ndarray
@@ -251,7 +292,7 @@ class TapirBackend:
             "precision": self.precision,
         }
 
-    def bind(self, frames: np.ndarray) -> TrackFn:
+    def __call__(self, frames: np.ndarray) -> TrackFn:
         """Track function over one clip, frames [T,H,W,3] uint8 RGB; computes the features now."""
         import torch
 
@@ -296,82 +337,64 @@ class TapirBackend:
 
         return track
 
+    bind = __call__  # the name direct callers of a backend use
 
-class Tracker:
-    """The tracking stage's callable, built once per Ray actor and applied to one clip per call.
 
-    backend: 'neural' (BootsTAP checkpoint at `weights_uri`, any fsspec URI, on `device` with
-    `precision`) or 'cpu' (Lucas-Kanade, no weights). query_stride None = the backend default
-    (`DEFAULT_QUERY_STRIDE`). query_chunk_size None = fitted to free GPU memory (64 on CPU).
-    `resolution` is the neural backend's square input size (BootsTAP: 512). `seed` fixes the
-    query-grid jitter; a call may pass its own (e.g. derived from the clip id).
-    `skip_sky_queries`: the engine leaves out queries on sky at their query frame when the
-    clip has labels (the drift filter drops those tracks; see `engine.clip_stages.track_points`).
-    `fused_refinement` (neural): BootsTAP's fused refinement (`TAPIR.set_fused_refinement`).
-    """
+@register_backend("tracking", "cpu", LucasKanadeOptions)
+def _lucas_kanade(options: LucasKanadeOptions) -> LucasKanadeBackend:
+    return LucasKanadeBackend()
 
-    NEURAL_ONLY = frozenset({"weights_uri", "query_chunk_size", "resolution", "fused_refinement"})
-    """Options that mean nothing to the cpu backend (the engine's config rejects them there)."""
 
-    def __init__(
-        self,
-        backend: str = "cpu",
-        weights_uri: str | None = None,
-        device: str = "cpu",
-        precision: str = "fp32",
-        query_chunk_size: int | None = None,
-        query_stride: int | None = None,
-        query_frame_interval: int = 10,
-        prune_radius: float = 1.0,
-        resolution: int = 512,
-        seed: int = 0,
-        skip_sky_queries: bool = True,
-        fused_refinement: bool = True,
-    ) -> None:
-        if backend not in DEFAULT_QUERY_STRIDE:
-            raise ValueError(
-                f"backend must be one of {tuple(DEFAULT_QUERY_STRIDE)}, got {backend!r}"
-            )
-        self.query_stride = query_stride or DEFAULT_QUERY_STRIDE[backend]
-        self.query_frame_interval = query_frame_interval
-        self.prune_radius = prune_radius
-        self.seed = seed
-        self.skip_sky_queries = skip_sky_queries
-        if backend == "cpu":
-            if device != "cpu" or precision != "fp32":
-                raise ValueError("the cpu backend runs on device 'cpu' in precision 'fp32'")
-            self.backend: LucasKanadeBackend | TapirBackend = LucasKanadeBackend()
-        else:
-            if weights_uri is None:
-                raise ValueError("the neural backend needs weights_uri (a BootsTAP checkpoint)")
-            from s4d_ray.models.tapir import load_bootstap
+def _tiny_tapir(folder: Path) -> dict[str, Any]:
+    """`bootstapir_checkpoint_v2.pt` under `folder`: full-size BootsTAP with random weights, and
+    options that run it small (64 px input, a 64 px query grid)."""
+    import torch
 
-            self.backend = TapirBackend(
-                load_bootstap(weights_uri).set_fused_refinement(fused_refinement),
-                device,
-                precision,
-                query_chunk_size,
-                resolution,
-                weights_uri,
-            )
-        self.backend_name = backend
-        self._provenance: dict[str, Any] | None = None
+    from s4d_ray.models.tapir import TAPIR
 
-    def provenance(self) -> dict[str, Any]:
-        """What produces this stage's output, for every clip's metadata: backend, model name,
-        its config (with the query grid), weights (URI, bytes, sha256; None without weights)
-        and precision."""
-        if self._provenance is None:
-            provenance = {"backend": self.backend_name, **self.backend.provenance()}
-            provenance["config"] = {
-                **provenance["config"],
-                "query_stride": self.query_stride,
-                "query_frame_interval": self.query_frame_interval,
-                "prune_radius": self.prune_radius,
-                "skip_sky_queries": self.skip_sky_queries,
-            }
-            self._provenance = provenance
-        return dict(self._provenance)
+    torch.manual_seed(0)
+    path = folder / "bootstapir_checkpoint_v2.pt"
+    torch.save(TAPIR().state_dict(), path)
+    return {"weights_uri": str(path), "query_stride": 64, "resolution": 64}
+
+
+@register_backend("tracking", "neural", TapirOptions, tiny=_tiny_tapir)
+def _tapir(options: TapirOptions) -> TapirBackend:
+    from s4d_ray.models.tapir import DEFAULT_URI, load_bootstap
+
+    weights_uri = options.weights_uri or DEFAULT_URI
+    return TapirBackend(
+        load_bootstap(weights_uri).set_fused_refinement(options.fused_refinement),
+        options.device,
+        options.precision,
+        options.query_chunk_size,
+        options.resolution,
+        weights_uri,
+    )
+
+
+class Tracker(ModelStage, stage="tracking"):
+    """The tracking stage's callable: `Tracker(backend, **options)` — backend 'neural' takes
+    `TapirOptions`, 'cpu' `LucasKanadeOptions` —, built once per Ray actor and applied to one
+    clip per call."""
+
+    @property
+    def skip_sky_queries(self) -> bool:
+        """Whether the engine leaves out queries on sky (`QueryGridOptions.skip_sky_queries`)."""
+        return bool(self.options.skip_sky_queries)
+
+    def describe(self) -> dict[str, Any]:
+        """The backend's provenance, its config extended by the query grid."""
+        provenance = super().describe()
+        grid = self.options
+        provenance["config"] = {
+            **provenance["config"],
+            "query_stride": grid.query_stride,
+            "query_frame_interval": grid.query_frame_interval,
+            "prune_radius": grid.prune_radius,
+            "skip_sky_queries": grid.skip_sky_queries,
+        }
+        return provenance
 
     def __call__(
         self,
@@ -383,18 +406,18 @@ class Tracker:
         """Tracks of one clip, frames [T,H,W,3] uint8 RGB. `skip_fn` leaves out queries whose
         tracks a filter surely drops; `counts` receives the query bookkeeping (both as in
         `track_with_pruning`)."""
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be [T,H,W,3] uint8, got {frames.shape} {frames.dtype}")
+        check_frames(frames)
         num_frames, height, width = frames.shape[:3]
-        rng = np.random.default_rng(self.seed if seed is None else seed)
+        grid = self.options
+        rng = np.random.default_rng(grid.seed if seed is None else seed)
         tracks, visible, query_frame = track_with_pruning(
-            self.backend.bind(frames),
+            self.backend(frames),
             num_frames,
             height,
             width,
-            stride=self.query_stride,
-            frame_interval=self.query_frame_interval,
-            radius=self.prune_radius,
+            stride=grid.query_stride,
+            frame_interval=grid.query_frame_interval,
+            radius=grid.prune_radius,
             rng=rng,
             skip_fn=skip_fn,
             counts=counts,

@@ -206,3 +206,55 @@ def evaluate_clip(
         "median_relative_depth_error": median(errors["relative_depth_error"]),
         "bands": banded_errors(errors),
     }
+
+
+def run_accuracy(per_clip_errors: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """The accuracy section of a run report from each clip's `point_errors`: the pooled
+    `banded_errors`, per-clip medians and the disparity errors the bands compare with;
+    {} when no clip has ground truth."""
+    if not per_clip_errors:
+        return {}
+    per_clip = []
+    for clip_id, errors in per_clip_errors.items():
+        scores = evaluate_clip_medians(errors)
+        per_clip.append({"clip": clip_id, **scores})
+    return {
+        "bands": banded_errors(concat_point_errors(list(per_clip_errors.values()))),
+        "per_clip": per_clip,
+        "disparity_errors_px": list(DISPARITY_ERRORS_PX),
+    }
+
+
+def evaluate_clip_medians(errors: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Points, median 3D error (cm) and median relative depth error of one clip's
+    `point_errors` (NaN medians when it has no point)."""
+    size = int(errors["error_cm"].size)
+    return {
+        "points": size,
+        "median_error_cm": float(np.median(errors["error_cm"])) if size else float("nan"),
+        "median_relative_depth_error": float(np.median(errors["relative_depth_error"]))
+        if size
+        else float("nan"),
+    }
+
+
+def ground_truth_accuracy(output: str, data: str, clip_ids: list[str]) -> dict[str, Any]:
+    """`run_accuracy` of the clips under the engine output `output` (OUTPUT/npz/<clip>.npz)
+    that have synthetic ground truth under `data` (`data/gt/<clip>.npz`); an InputError when
+    `data` has no gt/ folder (a mistyped path must not silently drop the section)."""
+    from s4d_ray.errors import InputError
+    from s4d_ray.io import fs
+    from s4d_ray.io.clip_io import read_clip
+    from s4d_ray.io.writer import NPZ_DIR
+    from s4d_ray.synthetic.synth import load_ground_truth
+
+    if not fs.exists(fs.join(data, "gt")):
+        raise InputError(f"--ground-truth {data!r} has no gt/ folder")
+    per_clip_errors = {
+        clip_id: point_errors(
+            read_clip(fs.join(output, NPZ_DIR, f"{clip_id}.npz")), load_ground_truth(data, clip_id)
+        )
+        for clip_id in clip_ids
+        if fs.exists(fs.join(data, "gt", f"{clip_id}.npz"))
+    }
+    return run_accuracy(per_clip_errors)

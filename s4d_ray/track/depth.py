@@ -13,7 +13,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from s4d_ray.geometry.camera import focal_length_px
+from s4d_ray.geometry.camera import RectifiedCamera
 
 FB_THRESHOLD_PX = 1.0
 VERTICAL_FLOW_THRESHOLD_PX = 1.0
@@ -56,8 +56,7 @@ def depth_edge_mask(depth: np.ndarray, threshold: float = EDGE_THRESHOLD) -> np.
 def depth_from_flow(
     flow_fwd: np.ndarray,
     flow_bwd: np.ndarray,
-    hfov_deg: float = 60.0,
-    baseline_m: float = 0.063,
+    camera: RectifiedCamera,
     max_depth_m: float = 20.0,
     edge_threshold: float = EDGE_THRESHOLD,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -66,8 +65,8 @@ def depth_from_flow(
     Args:
         flow_fwd: [T,H,W,2] px, left→right flow (x, y); a point at finite depth moves left.
         flow_bwd: [T,H,W,2] px, right→left flow.
-        hfov_deg: horizontal field of view of the rectified camera.
-        baseline_m: stereo baseline in metres.
+        camera: the clip's rectified camera (focal length from its size and field of view,
+            its stereo baseline); frames W px wide must be `camera.size_px` wide.
         max_depth_m: depths above this are invalid.
         edge_threshold: relative depth gradient above which a pixel is a floating point at a
             depth discontinuity and invalid (reference `gradient_check_mask_relative`, 0.03).
@@ -83,7 +82,9 @@ def depth_from_flow(
             f"{flow_fwd.shape} and {flow_bwd.shape}"
         )
     num_frames, height, width = flow_fwd.shape[:3]
-    focal_baseline = focal_length_px(width, hfov_deg) * baseline_m
+    if width != camera.size_px:
+        raise ValueError(f"flow is {width} px wide, the camera {camera.size_px} px")
+    focal_baseline = camera.focal_px * camera.baseline_m
     depth = np.zeros((num_frames, height, width), dtype=np.float32)
     valid = np.zeros((num_frames, height, width), dtype=bool)
     for t in range(num_frames):

@@ -18,7 +18,7 @@ _ENABLED: str | None = None
 
 def compilation_cache_dir() -> Path:
     """Where compiled XLA programs are cached: `jax_compilation/` in the s4d cache folder."""
-    from s4d_ray.models.weights import cache_dir
+    from s4d_ray.io.fs import cache_dir
 
     return cache_dir() / "jax_compilation"
 

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from s4d_ray.geometry.camera import intrinsics
+from s4d_ray.geometry.camera import RectifiedCamera
 
 MIN_VALID_DEPTH_M = 0.0
 MAX_VALID_DEPTH_M = 20.0
@@ -46,11 +46,12 @@ def unproject(
     xy: np.ndarray,
     depth: np.ndarray,
     world2camera: np.ndarray,
-    width: int = 512,
-    height: int = 512,
-    hfov_deg: float = 60.0,
+    width: int,
+    height: int,
+    hfov_deg: float,
 ) -> np.ndarray:
-    """World points [N,T,3] m of pixels `xy [N,T,2]` px at z-depth `depth [N,T]` m.
+    """World points [N,T,3] m of pixels `xy [N,T,2]` px at z-depth `depth [N,T]` m, seen in
+    frames `width` x `height` px with a horizontal field of view of `hfov_deg` degrees.
 
     Frame t uses world2camera[t] ([T,3,4]); x_cam = depth·((x − cx)/fx, (y − cy)/fy, 1) with
     the camera of `geometry.camera.intrinsics` (fx = fy = f·W, f = 0.5 / tan(hfov/2)),
@@ -69,7 +70,7 @@ def lift_tracks(
     visible: np.ndarray,
     depth: np.ndarray,
     world2camera: np.ndarray,
-    hfov_deg: float = 60.0,
+    camera: RectifiedCamera,
     chunk_size: int = CHUNK_TRACKS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Lift 2D tracks to world space with per-frame depth maps (reference `Track3d.__init__`).
@@ -79,7 +80,8 @@ def lift_tracks(
         visible: [N,T] bool, 2D tracker visibility.
         depth: [T,H,W] m, 0 where invalid.
         world2camera: [T,3,4] extrinsics of the rectified left eye.
-        hfov_deg: horizontal field of view.
+        camera: the clip's rectified camera; its focal length from `size_px` (the frames'
+            width, checked) and `hfov_deg`, the principal point at the frame's centre.
         chunk_size: tracks per vectorised step (bounds temporary memory).
 
     Returns:
@@ -94,6 +96,8 @@ def lift_tracks(
             f"depth {depth.shape} / world2camera {world2camera.shape} do not have T={num_frames}"
         )
     height, width = depth.shape[1:]
+    if width != camera.size_px:
+        raise ValueError(f"depth is {width} px wide, the camera {camera.size_px} px")
     points = np.empty((num_tracks, num_frames, 3), dtype=np.float64)
     valid = np.empty((num_tracks, num_frames), dtype=bool)
     frame = np.arange(num_frames)[None, :]
@@ -118,7 +122,7 @@ def lift_tracks(
             & (point_depth > MIN_VALID_DEPTH_M)
             & (point_depth < MAX_VALID_DEPTH_M)
         )
-        points[chunk] = unproject(xy, point_depth, world2camera, width, height, hfov_deg)
+        points[chunk] = unproject(xy, point_depth, world2camera, width, height, camera.hfov_deg)
     return points, valid
 
 
@@ -126,9 +130,7 @@ def motion_displacement(
     points: np.ndarray,
     valid: np.ndarray,
     world2camera: np.ndarray,
-    width: int = 512,
-    height: int = 512,
-    hfov_deg: float = 60.0,
+    camera: RectifiedCamera,
     window: int = MOTION_WINDOW,
     chunk_size: int = MOTION_CHUNK_TRACKS,
 ) -> np.ndarray:
@@ -147,6 +149,7 @@ def motion_displacement(
 
     Args:
         points: [N,T,3] m world. valid: [N,T] bool. world2camera: [T,3,4].
+        camera: the clip's rectified camera (square views of `size_px`, `hfov_deg`).
         chunk_size: tracks per jitted call (bounds temporary memory; results do not depend
             on it).
 
@@ -170,10 +173,10 @@ def motion_displacement(
     enable_compilation_cache()
     padded = frame_bucket(num_frames)
     projection = np.empty((padded, 3, 4), np.float64)
-    projection[:num_frames] = intrinsics(width, height, hfov_deg) @ world2camera
+    projection[:num_frames] = camera.intrinsics() @ world2camera
     projection[num_frames:] = projection[num_frames - 1]  # padded frames are never valid
     lags = min(window, num_frames - 1)
-    bounds = np.array([width - 0.5, height - 0.5], np.float64)
+    bounds = np.array([camera.size_px - 0.5, camera.size_px - 0.5], np.float64)
     chunk_points = np.zeros((chunk_size, padded, 3), np.float64)
     chunk_valid = np.zeros((chunk_size, padded), bool)
     with jax.enable_x64(True):

@@ -63,7 +63,9 @@ SECOND_DIFFERENCE_STEPS = (1, 3, 5)
 
 
 class OptimizerSettings(NamedTuple):
-    """Eqn 5 hyperparameters (the reference's values as defaults)."""
+    """Eqn 5 hyperparameters, the one definition (the reference's values as defaults): loss
+    weights w_s, w_d and lambda, the motion threshold in px of the dynamic weight, Adam's
+    learning rate and steps, and the window in frames that widens each invisible frame."""
 
     w_static: float = 100.0
     w_dynamic: float = 100.0
@@ -72,6 +74,9 @@ class OptimizerSettings(NamedTuple):
     learning_rate: float = 0.05
     num_steps: int = 100
     dilation_window: int = 5
+
+
+DEFAULT_SETTINGS = OptimizerSettings()
 
 
 class LossInputs(NamedTuple):
@@ -97,7 +102,9 @@ class LossInputs(NamedTuple):
     motion_weight: jax.Array  # [N] w in [0, 1]
 
 
-def dilate_invisible(visible: np.ndarray, window: int = 5) -> np.ndarray:
+def dilate_invisible(
+    visible: np.ndarray, window: int = DEFAULT_SETTINGS.dilation_window
+) -> np.ndarray:
     """Mask `[N,T]` bool: frame t stays valid only if frames t - window//2 ...
     t + window - window//2 - 1 are all visible; frames beyond the clip count as visible."""
     visible = np.asarray(visible, dtype=bool)
@@ -109,7 +116,9 @@ def dilate_invisible(visible: np.ndarray, window: int = 5) -> np.ndarray:
 
 
 def motion_weights(
-    motion: np.ndarray, mask: np.ndarray, motion_threshold: float = 20.0
+    motion: np.ndarray,
+    mask: np.ndarray,
+    motion_threshold: float = DEFAULT_SETTINGS.motion_threshold,
 ) -> np.ndarray:
     """Dynamic-loss weight per track `[N]`: sigmoid(p90(motion [N,T] px at mask frames) - thr).
 
@@ -484,13 +493,7 @@ def _chunk_plan(
 def optimize_clips(
     clips: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
     *,
-    w_static: float = 100.0,
-    w_dynamic: float = 100.0,
-    lambda_reg: float = 0.1,
-    motion_threshold: float = 20.0,
-    learning_rate: float = 0.05,
-    num_steps: int = 100,
-    dilation_window: int = 5,
+    settings: OptimizerSettings = DEFAULT_SETTINGS,
     frame_buckets: Sequence[int] = FRAME_BUCKETS,
     max_chunk_elements: int | None = None,
     crop_spans: bool = True,
@@ -500,8 +503,8 @@ def optimize_clips(
 
     Each clip is `(points [N,T,3] m world, visible [N,T] bool (valid 3D point),
     camera_centers [T,3] m world, motion [N,T] px)`; N and T may differ between clips.
-    Returns per clip `(points_opt [N,T,3] float32 m, NaN outside the mask; mask [N,T] bool)`.
-    Clips are grouped by padded length (`frame_buckets`), their tracks packed into chunks of
+    Returns per clip `(points_opt [N,T,3] float32 m, NaN outside the mask; mask [N,T] bool)`,
+    optimised with the hyperparameters `settings`. Clips are grouped by padded length (`frame_buckets`), their tracks packed into chunks of
     at most `max_chunk_elements` tracks x frames (default: `default_chunk_elements()`);
     results do not depend on the packing. With `crop_spans` (default) each track is optimised
     over its span only (`track_spans`) and grouped by the span's padded length: the same loss
@@ -509,15 +512,6 @@ def optimize_clips(
     seen on part of the clip; False pads every track to its clip's length. `autodiff` takes
     Adam's gradient from jax.grad instead of `track_gradients` (same values, ~2x the work).
     """
-    settings = OptimizerSettings(
-        w_static=float(w_static),
-        w_dynamic=float(w_dynamic),
-        lambda_reg=float(lambda_reg),
-        motion_threshold=float(motion_threshold),
-        learning_rate=float(learning_rate),
-        num_steps=int(num_steps),
-        dilation_window=int(dilation_window),
-    )
     enable_compilation_cache()
     prepared = [_prepare_clip(*clip, settings, crop_spans) for clip in clips]
     outputs = [np.full(clip.points.shape, np.nan, np.float32) for clip in prepared]
@@ -600,29 +594,16 @@ def optimize_tracks(
     camera_centers: np.ndarray,
     motion: np.ndarray,
     *,
-    w_static: float = 100.0,
-    w_dynamic: float = 100.0,
-    lambda_reg: float = 0.1,
-    motion_threshold: float = 20.0,
-    learning_rate: float = 0.05,
-    num_steps: int = 100,
-    dilation_window: int = 5,
+    settings: OptimizerSettings = DEFAULT_SETTINGS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Optimise one clip's tracks (Eqn 5).
+    """Optimise one clip's tracks (Eqn 5) with the hyperparameters `settings`.
 
     `points [N,T,3]` m world (NaN allowed where not visible), `visible [N,T]` bool (valid 3D
     point), `camera_centers [T,3]` m world, `motion [N,T]` px 2D motion displacement ->
     (`points_opt [N,T,3]` float32 m, NaN outside the mask; `mask [N,T]` bool, the visibility
-    with invisible frames dilated over `dilation_window` frames).
+    with invisible frames dilated over `settings.dilation_window` frames).
     """
     ((points_opt, mask),) = optimize_clips(
-        [(points, visible, camera_centers, motion)],
-        w_static=w_static,
-        w_dynamic=w_dynamic,
-        lambda_reg=lambda_reg,
-        motion_threshold=motion_threshold,
-        learning_rate=learning_rate,
-        num_steps=num_steps,
-        dilation_window=dilation_window,
+        [(points, visible, camera_centers, motion)], settings=settings
     )
     return points_opt, mask

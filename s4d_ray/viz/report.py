@@ -10,8 +10,9 @@ of the stored track points; and, when synthetic ground truth is given, accuracy 
 beside the stereo limit. Every plotted number is also in the page as JSON
 (`<script id="s4d-report-data" type="application/json">`) and in tables.
 
-`write_report(OUTPUT)` is called at the end of every run (`run_pipeline`); `s4d report OUTPUT`
-rebuilds it (`--ground-truth DATA` adds accuracy for synthetic clips with DATA/gt/).
+`write_report(OUTPUT)` is called at the end of every `s4d run`; `s4d report OUTPUT` rebuilds it
+(`--ground-truth DATA` adds accuracy for synthetic clips with DATA/gt/, computed by
+`s4d_ray.synthetic.evaluate` and handed in: this module knows nothing of ground truth).
 
 OUTPUT must be an existing folder (the report is written inside it). Every value read is
 checked before it is plotted: a `summary.json`, shard or failures table that cannot be read
@@ -40,7 +41,7 @@ import pyarrow.parquet as pq
 from s4d_ray.errors import InputError
 from s4d_ray.io import fs
 from s4d_ray.io.qa import DEPTH_HISTOGRAM_EDGES_M, QA_COLUMNS, clip_qa
-from s4d_ray.io.writer import FAILURES_DIR, NPZ_DIR, PARQUET_DIR, read_failures, table_to_clips
+from s4d_ray.io.writer import FAILURES_DIR, PARQUET_DIR, read_failures, table_to_clips
 
 log = logging.getLogger("s4d_ray.viz.report")
 
@@ -234,62 +235,15 @@ def filter_fractions(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def ground_truth_accuracy(output: str, ground_truth: str, clip_ids: list[str]) -> dict[str, Any]:
-    """Accuracy of the done clips that have synthetic ground truth (`<ground_truth>/gt/`):
-    pooled `banded_errors` and per-clip medians."""
-    from s4d_ray.io.clip_io import read_clip
-    from s4d_ray.synthetic.evaluate import (
-        DISPARITY_ERRORS_PX,
-        banded_errors,
-        concat_point_errors,
-        point_errors,
-    )
-    from s4d_ray.synthetic.synth import load_ground_truth
-
-    per_clip, pooled = [], []
-    for clip_id in clip_ids:
-        if not fs.exists(fs.join(ground_truth, "gt", f"{clip_id}.npz")):
-            continue
-        errors = point_errors(
-            read_clip(fs.join(output, NPZ_DIR, f"{clip_id}.npz")),
-            load_ground_truth(ground_truth, clip_id),
-        )
-        pooled.append(errors)
-        per_clip.append(
-            {
-                "clip": clip_id,
-                "points": int(errors["error_cm"].size),
-                "median_error_cm": float(np.median(errors["error_cm"]))
-                if errors["error_cm"].size
-                else math.nan,
-                "median_relative_depth_error": float(np.median(errors["relative_depth_error"]))
-                if errors["error_cm"].size
-                else math.nan,
-            }
-        )
-    if not pooled:
-        return {}
-    return {
-        "bands": banded_errors(concat_point_errors(pooled)),
-        "per_clip": per_clip,
-        "disparity_errors_px": list(DISPARITY_ERRORS_PX),
-    }
-
-
-def collect_report_data(
-    output: str, ground_truth: str = "", accuracy: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Everything the report shows, as plain JSON-able data."""
+def collect_report_data(output: str, accuracy: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the report shows, as plain JSON-able data; `accuracy` is the ground-truth
+    section when the caller has one (`s4d_ray.synthetic.evaluate.run_accuracy`)."""
     summary = read_summary(output)
     rows = read_clip_rows(output)
     failures = read_all_failures(output)
     stages = list(STAGE_COLOURS)
     for row in rows:
         stages += [s for s in row["stage_timings"] if s not in stages]
-    if accuracy is None and ground_truth:
-        if not fs.exists(fs.join(ground_truth, "gt")):  # a typo must not drop the section
-            raise InputError(f"--ground-truth {ground_truth!r} has no gt/ folder")
-        accuracy = ground_truth_accuracy(output, ground_truth, [r["name"] for r in rows])
     return {
         "output": output,
         "summary": summary,
@@ -689,10 +643,9 @@ def read_report_data(html_text: str) -> dict[str, Any]:
     return json.loads(html_text[start:end])
 
 
-def write_report(
-    output: str, ground_truth: str = "", accuracy: dict[str, Any] | None = None
-) -> str:
+def write_report(output: str, accuracy: dict[str, Any] | None = None) -> str:
     """Build OUTPUT/report.html from the run's outputs (atomic write); return its URI.
+    `accuracy`: the ground-truth section (`s4d_ray.synthetic.evaluate`), shown when given.
     OUTPUT must be an existing folder: a mistyped one is an InputError, not an empty report."""
     if fs.is_local(output):
         path = fs.filesystem(output)[1]
@@ -703,7 +656,7 @@ def write_report(
         filesystem, path = fs.filesystem(output)
         if not filesystem.isdir(path):
             raise InputError(f"output folder {output!r} does not exist (no object under it)")
-    text = render_report(collect_report_data(output, ground_truth, accuracy))
+    text = render_report(collect_report_data(output, accuracy))
     uri = fs.join(output, REPORT_NAME)
     fs.write_bytes(uri, text.encode())
     return uri

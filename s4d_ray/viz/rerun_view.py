@@ -12,20 +12,23 @@ Entities (timeline `frame` = clip frame index, and `time` = seconds since the fi
     world/camera              Transform3D: camera2world of the rectified left camera
     world/camera/image        Pinhole (512x512, 60° hfov; drawn as a frustum) + Image (JPEG)
     world/camera/image/tracks Points2D + LineStrips2D: tracks projected into the frame, trails
-    world/camera/depth        Pinhole + DepthImage (dense depth when present, mm; back-projected)
+    world/camera/depth        Points3D: dense depth when present, back-projected in the camera
+                              and coloured on the tracks' depth scale
     world/tracks              Points3D: tracks stored at this frame
     world/tracks/trails       LineStrips3D: each track over its last `trail` frames
     notes                     TextDocument: what was shown, what is missing and why
 
-Tracks are coloured by depth in the current camera (the shared log scale of
-`s4d_ray.viz.colours`, 1-20 m, near red, far blue) or, with `colour="motion"` and the
+Tracks and the dense depth cloud are coloured by depth in the current camera (the shared log
+scale of `s4d_ray.viz.colours`, 1-20 m, near red, far blue; Rerun's own depth colour map is
+linear and far-red, so the cloud is logged as coloured points, not a DepthImage) or, with `colour="motion"` and the
 `motion` extra present, moving (red) vs static (blue): moving = the optimiser's rule,
 p90 of the camera-free 2D motion > 20 px.
 
 Large clips stay responsive by subsampling (documented in `ViewOptions`): at most
 `max_tracks` tracks (evenly spaced over the track index, deterministic; only those are
 densified, and at most `max_dense_bytes` of them), every `frame_step`-th frame,
-JPEG-compressed images, depth at half resolution in millimetres (uint16).
+JPEG-compressed images, the depth cloud from every `depth_downsample`-th pixel (default 4: 16k
+points per 512² frame).
 Bad or partial input never stops the recording: zero tracks, an npz without extras or with a
 `motion` extra of the wrong shape, or a missing or broken frames source are noted (log +
 `notes` entity + `ViewResult.missing`). What cannot be shown at all (timestamps spanning more
@@ -91,7 +94,7 @@ class ViewOptions:
     trail: int = 10
     colour: str = "depth"
     jpeg_quality: int = 85
-    depth_downsample: int = 2
+    depth_downsample: int = 4
     image_plane_m: float = 0.25
     max_dense_bytes: int | None = None
 
@@ -234,7 +237,7 @@ def _frames_source(
     record: ClipRecord, videos: str, rectified: str, missing: list[str]
 ) -> tuple[str, Iterator[np.ndarray] | None]:
     """(description, iterator of left frames [S,S,3]) or (why not, None)."""
-    from s4d_ray.geometry.rectify import find_rectified_videos, iter_rectified
+    from s4d_ray.io.rectify import find_rectified_videos, iter_rectified
     from s4d_ray.io.video import decode_first_frames
 
     if rectified:
@@ -310,6 +313,22 @@ def _notes_markdown(record: ClipRecord, result: ViewResult, metadata: dict) -> s
     if metadata:
         lines += ["", "## metadata", "", "```", json.dumps(metadata, indent=1)[:3000], "```"]
     return "\n".join(lines)
+
+
+def depth_cloud(depth: np.ndarray, k: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every `step`-th pixel of `depth [H,W] m` (0 or NaN = invalid) back-projected into the
+    camera (OpenCV axes; `k [3,3]` the intrinsics of a RECTIFIED_SIZE² frame, scaled to the
+    map's size): points [M,3] m and their colours [M,3] uint8 on the shared depth scale."""
+    height, width = depth.shape
+    scale = width / RECTIFIED_SIZE
+    rows, cols = np.mgrid[0:height:step, 0:width:step]
+    z = depth[::step, ::step]
+    ok = np.isfinite(z) & (z > 0)
+    z = z[ok]
+    x = (cols[ok] - k[0, 2] * scale) / (k[0, 0] * scale) * z
+    y = (rows[ok] - k[1, 2] * scale) / (k[1, 1] * scale) * z
+    points = np.stack([x, y, z], axis=1).astype(np.float32)
+    return points, depth_colours(z)
 
 
 def log_clip(
@@ -396,19 +415,6 @@ def log_clip(
 
     step = max(1, options.frame_step)
     ds = max(1, options.depth_downsample)
-    if depth is not None:
-        # its own pinhole: the depth map is smaller than the frame (1/ds resolution)
-        height, width = np.shape(depth)[1:3]
-        rr.log(
-            "world/camera/depth",
-            rr.Pinhole(
-                focal_length=float(k[0, 0]) * width / RECTIFIED_SIZE / ds,
-                resolution=[-(-width // ds), -(-height // ds)],
-                image_plane_distance=options.image_plane_m,
-            ),
-            static=True,
-            recording=rec,
-        )
     first_us = int(record.timestamps[0])
     for t in range(record.num_frames):
         frame = None
@@ -440,9 +446,12 @@ def log_clip(
             )
             result.images_logged += 1
         if depth is not None and t < len(depth):
-            d = np.nan_to_num(np.asarray(depth[t], np.float32))[::ds, ::ds]
-            mm = np.clip(d * 1000, 0, 65535).astype(np.uint16)
-            rr.log("world/camera/depth", rr.DepthImage(mm, meter=1000.0), recording=rec)
+            cloud, cloud_colours = depth_cloud(np.asarray(depth[t], np.float32), k, ds)
+            rr.log(
+                "world/camera/depth",
+                rr.Points3D(cloud, colors=cloud_colours, radii=0.01),
+                recording=rec,
+            )
             result.depth_logged += 1
         if not len(chosen):
             continue
@@ -488,7 +497,8 @@ def log_clip(
         )
     if result.depth_logged:
         result.shown.append(
-            f"{result.depth_logged} depth maps (1/{options.depth_downsample} resolution, mm)"
+            f"{result.depth_logged} dense depth clouds (every {options.depth_downsample}th pixel, "
+            "coloured like the tracks)"
         )
     elif depth is None:
         result.missing.append("depth: no dense depth for this clip")

@@ -3,8 +3,9 @@
 With no `--npz`, every `<video_id>.mp4` under `--videos` is split into clips, calibrated and
 posed (`s4d_ray.ownvideo.prepare.prepare_video`) in parallel Ray tasks; the prepared clips
 (`OUTPUT/ownvideo/npz/<clip_id>.npz`, cameras and rig, no tracks) then run through the normal
-pipeline, and every video or clip that could not be prepared becomes a failure row. Finished
-videos are skipped on a re-run (their outcome file exists).
+pipeline (`s4d_ray.engine.command.run_job` composes the two), and every video or clip that
+could not be prepared becomes a failure row. Finished videos are skipped on a re-run (their
+outcome file exists).
 """
 
 from __future__ import annotations

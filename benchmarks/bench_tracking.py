@@ -222,7 +222,7 @@ def bench_precision(args) -> list[dict]:
     for precision in ("fp32", "bf16"):
         backend = TapirBackend(model, "cpu", precision, 64, resolution=args.tapir_size)
         start = time.process_time()
-        outputs[precision] = backend.bind(frames)(0, queries)
+        outputs[precision] = backend(frames)(0, queries)
         seconds[precision] = round(time.process_time() - start, 2)
     (tracks_a, vis_a), (tracks_b, vis_b) = outputs["fp32"], outputs["bf16"]
     track_error = np.linalg.norm(tracks_a - tracks_b, axis=-1)

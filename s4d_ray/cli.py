@@ -15,7 +15,8 @@ from s4d_ray.argtypes import Command
 from s4d_ray.errors import report_error
 
 COMMAND_MODULES = (
-    "s4d_ray.synthetic.command",  # synth, demo
+    "s4d_ray.synthetic.command",  # synth
+    "s4d_ray.demo",  # demo
     "s4d_ray.ownvideo.command",  # probe, poses
     "s4d_ray.io.command",  # rectify
     "s4d_ray.engine.command",  # run

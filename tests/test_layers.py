@@ -2,8 +2,8 @@
 
 ARCHITECTURE.md explains the layers; `LAYERS` below is the order it describes. A module may
 import its own unit (package or top-level module) and any unit of a lower layer; capabilities
-never import one another (the command layer composes them); command modules — `cli.py`, each
-`command.py` wherever it sits, `jobs/`, `actors/` — may import anything. And no module imports
+never import one another (the command layer composes them); command modules — `cli.py`, `demo.py`,
+each `command.py` wherever it sits, `jobs/`, `actors/` — may import anything. And no module imports
 itself back through others.
 """
 
@@ -35,7 +35,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "s4d_ray.tracksto4d",
         ),
     ),
-    ("commands", ("s4d_ray.cli", "s4d_ray", "jobs", "actors")),
+    ("commands", ("s4d_ray.cli", "s4d_ray.demo", "s4d_ray", "jobs", "actors")),
 )
 FOUNDATION_ORDER = ("s4d_ray.errors", "s4d_ray.limits", "s4d_ray.argtypes")
 """Inside the foundation each module may import only those before it."""

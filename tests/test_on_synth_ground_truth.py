@@ -63,7 +63,7 @@ def test_lucas_kanade_tracks_against_ground_truth(clip):
     _, left, _, gt = clip
     start = gt["visible"][:, 0]
     queries = gt["tracks_2d"][start, 0]
-    tracks, visible = LucasKanadeBackend().bind(left)(0, queries)
+    tracks, visible = LucasKanadeBackend()(left)(0, queries)
     truth_visible = gt["visible"][start]
     both = visible & truth_visible
     error = np.linalg.norm(tracks - gt["tracks_2d"][start], axis=-1)[both]

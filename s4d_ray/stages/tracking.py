@@ -173,8 +173,6 @@ class LucasKanadeBackend:
 
         return track
 
-    bind = __call__  # the name direct callers of a backend use
-
     def _step(
         self, image_from: np.ndarray, image_to: np.ndarray, points: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -336,8 +334,6 @@ class TapirBackend:
             return tracks.astype(np.float32), visible.cpu().numpy()
 
         return track
-
-    bind = __call__  # the name direct callers of a backend use
 
 
 @register_backend("tracking", "cpu", LucasKanadeOptions)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 MOTION_P90_THRESHOLD_PX = 20.0
-"""The optimiser's dynamic-weight threshold (`OptimizerSettings.motion_threshold`)."""
+"""The optimiser's dynamic-weight threshold, px (the default of
+`track.optimize.OptimizerSettings.motion_threshold`)."""
 
 
 def moving_by_extent(points_world: np.ndarray, threshold_m: float = 0.05) -> np.ndarray:

@@ -48,6 +48,7 @@ import numpy as np
 import optax
 
 from s4d_ray.track.jax_cache import enable_compilation_cache
+from s4d_ray.track.moving import MOTION_P90_THRESHOLD_PX
 
 FRAME_BUCKETS = (32, 64, 128, 200, 256)
 """Padded clip lengths; longer clips round up to a multiple of `LONG_CLIP_FRAME_STEP`."""
@@ -70,7 +71,7 @@ class OptimizerSettings(NamedTuple):
     w_static: float = 100.0
     w_dynamic: float = 100.0
     lambda_reg: float = 0.1
-    motion_threshold: float = 20.0
+    motion_threshold: float = MOTION_P90_THRESHOLD_PX
     learning_rate: float = 0.05
     num_steps: int = 100
     dilation_window: int = 5

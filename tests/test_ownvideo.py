@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -21,7 +22,15 @@ from s4d_ray.ownvideo.calibration import (
     pixels_to_rays,
     smallest_gauge,
 )
-from s4d_ray.ownvideo.clips import ClipConfig, no_clip_reason, scan_frames, split_clips
+from s4d_ray.ownvideo.clips import (
+    ClipConfig,
+    FrameRateFilter,
+    frame_flags,
+    no_clip_reason,
+    scan_frames,
+    scan_video,
+    split_clips,
+)
 from s4d_ray.ownvideo.poses import (
     BundleProblem,
     BundleState,
@@ -64,6 +73,47 @@ def test_clips_split_at_cuts_skip_repeats_and_respect_lengths() -> None:
     assert not np.isin(repeats, clips[0].timestamps).any()
     short = split_clips(scan, ClipConfig(analysis_size=128, min_clip_frames=10, max_clip_frames=20))
     assert [c.timestamps.size for c in short] == [17, 17, 16, 20, 20]
+
+
+@pytest.mark.parametrize(
+    ("source_fps", "max_fps", "kept_per_second"),
+    [(60, 30, 30), (59.94, 30, 30), (30, 30, 30), (29.97, 30, 30), (25, 30, 25), (30, 60, 30)],
+)
+def test_frame_rate_filter_keeps_at_most_the_rate(source_fps, max_fps, kept_per_second) -> None:
+    """Frames chosen by their rounded presentation times: a source at or below the rate keeps
+    every frame, a faster one is thinned to the rate, evenly."""
+    times = [round(i * 1e6 / source_fps) for i in range(int(10 * source_fps))]
+    rate = FrameRateFilter(max_fps)
+    kept = [t for t in times if rate.keep(t)]
+    assert abs(len(kept) - 10 * kept_per_second) <= 1
+    gaps = np.diff(kept)
+    assert gaps.max() <= 1e6 / kept_per_second + 1e6 / source_fps / 2
+
+
+def test_a_60fps_slow_pan_is_read_at_30fps_and_not_taken_for_repeats(tmp_path) -> None:
+    """A real 60 fps video panning 0.08 px a frame: at its own rate half its frames look like
+    repeats (below `frozen_difference`) and would be skipped; read at the default rate (30 fps,
+    chosen at decode) every kept frame is a frame of the clip. `--fps 60` keeps all of them."""
+    from s4d_ray.io.video import write_video
+
+    texture = make_texture(np.random.default_rng(3), 512)
+
+    def frame(shift_px: float) -> np.ndarray:
+        warp = np.float32([[1, 0, shift_px], [0, 1, 0]])
+        eye = cv2.warpAffine(texture, warp, (512, 512), borderMode=cv2.BORDER_REFLECT)[:256, :256]
+        return np.concatenate([eye, eye], axis=1)
+
+    uri = str(tmp_path / "pan60.mp4")
+    write_video(uri, [frame(0.08 * i) for i in range(60)], fps=60)
+    default = ClipConfig(analysis_size=128, min_clip_frames=8)
+    scan = scan_video(uri, default)
+    assert scan.timestamps.size == 30
+    assert set(np.diff(scan.timestamps)) <= {33_333, 33_334}
+    assert not frame_flags(scan, default)[0].any(), "a frame of the slow pan taken for a repeat"
+    native = ClipConfig(analysis_size=128, min_clip_frames=8, fps=60)
+    native_scan = scan_video(uri, native)
+    assert native_scan.timestamps.size == 60
+    assert frame_flags(native_scan, native)[0].sum() >= 10  # why the default is 30 fps
 
 
 def test_videos_without_a_clip_say_why() -> None:

@@ -106,6 +106,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="own videos (no --npz): split longer shots into clips of at most this many frames",
     )
     parser.add_argument(
+        "--fps",
+        type=float_range(0),
+        default=0.0,
+        help="own videos: frames kept per second at most, chosen at decode (default 0: the "
+        "source rate, capped at 30 fps; a 60 fps video gives 30 fps clips)",
+    )
+    parser.add_argument(
         "--video-timeout-s",
         type=float_range(0),
         default=VIDEO_TIMEOUT_S,
@@ -162,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.videos:
             raise InputError("give release clips (--npz) or your own videos (--videos)")
         own_videos = own_video_config(
-            args.min_clip_frames, args.max_clip_frames, args.video_timeout_s
+            args.min_clip_frames, args.max_clip_frames, args.video_timeout_s, args.fps
         )
     summary = run_job(
         args.npz, args.output, config, args.videos, args.rectified, args.limit, own_videos

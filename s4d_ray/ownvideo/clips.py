@@ -10,10 +10,17 @@ per frame
 Frozen frames are skipped (frame-rate conversions repeat frames), shots are split at cuts and
 breaks, long shots into near-equal clips of ≤ `max_clip_frames`, and pieces shorter than
 `min_clip_frames` are dropped. Timestamps are the video frames' own presentation times in µs.
+
+Frame rate: frames are kept at most `fps` per second (default `DEFAULT_MAX_FPS`: a 60 fps
+video is read at 30 fps, the rate Stereo4D's clips have; a 25 or 30 fps one keeps every
+frame). Frames are chosen by their presentation times while decoding, before any is converted
+to RGB: a dropped frame costs its decode only. At the kept rate a slow pan moves twice as far
+between 60 fps frames, so it is not mistaken for repeated (frozen) frames.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -29,6 +36,9 @@ from s4d_ray.io.video import MAX_TIMESTAMP_US, open_video_stream
 
 STAGE = "clips"
 
+DEFAULT_MAX_FPS = 30.0
+"""Frames per second kept from a faster video when no `fps` is given."""
+
 
 @dataclass(frozen=True)
 class ClipConfig:
@@ -40,6 +50,7 @@ class ClipConfig:
     cut_min_difference (grey levels, 0–255). frozen_difference: below this mean difference a
     frame repeats the previous one. min_survival / min_tracked: tracking breaks at a frame where
     fewer than this fraction of the previous frame's corners (or fewer than this many) track in.
+    fps: frames kept per second at most (0: `DEFAULT_MAX_FPS`); a slower video keeps every frame.
     """
 
     max_clip_frames: int = 200
@@ -52,8 +63,11 @@ class ClipConfig:
     corners: int = 300
     min_survival: float = 0.5
     min_tracked: int = 30
+    fps: float = 0.0
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.fps) and self.fps >= 0):
+            raise ValueError(f"fps must be a finite number >= 0, got {self.fps}")
         if self.min_clip_frames < 2 or self.max_clip_frames < self.min_clip_frames:
             raise ValueError(
                 f"need 2 <= min_clip_frames <= max_clip_frames, got {self.min_clip_frames}, "
@@ -89,6 +103,27 @@ class ClipSpan:
         return int(self.timestamps[0])
 
 
+class FrameRateFilter:
+    """Keeps frames at most `max_fps` per second, by their times (µs): frame k of the kept
+    rate is the first frame at or after the tick t0 + k / max_fps (less a quarter period, so
+    a source at the kept rate, 29.97 or 30 fps, keeps every frame despite rounded times)."""
+
+    def __init__(self, max_fps: float) -> None:
+        self.period_us = 1e6 / max_fps
+        self.first_us: int | None = None
+        self.next_tick = 0
+
+    def keep(self, time_us: int) -> bool:
+        """Whether the frame at `time_us` (increasing from call to call) is kept."""
+        if self.first_us is None:
+            self.first_us = time_us
+        since = time_us - self.first_us + self.period_us / 4
+        if since < self.next_tick * self.period_us:
+            return False
+        self.next_tick = math.floor(since / self.period_us) + 1
+        return True
+
+
 def _checked_time(frame: av.VideoFrame, base: Fraction, previous: int | None, where: str) -> int:
     """The frame's time in µs, refusing what would make clip timestamps lie: no time at all
     (a raw elementary stream), a negative or over-15-digit time (the clip id's field), or a
@@ -112,9 +147,11 @@ def _checked_time(frame: av.VideoFrame, base: Fraction, previous: int | None, wh
 
 
 def iter_video_frames(
-    uri: str, video_id: str = "", stage: str = STAGE
+    uri: str, video_id: str = "", stage: str = STAGE, max_fps: float = 0.0
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (timestamp µs, RGB frame [H,W,3] uint8) for every frame of `uri`, in order.
+    """Yield (timestamp µs, RGB frame [H,W,3] uint8) for every frame of `uri`, in order, or at
+    most `max_fps` of them per second (0: all; `FrameRateFilter`, chosen before the RGB
+    conversion).
 
     Refused with a VideoError naming the file: frames without times, times that are negative,
     longer than 15 digits or not increasing, a frame size that changes mid-stream, and a
@@ -124,6 +161,7 @@ def iter_video_frames(
         base = stream.time_base
         size = (stream.width, stream.height)
         previous = None
+        rate = FrameRateFilter(max_fps) if max_fps else None
         try:
             for index, frame in enumerate(container.decode(stream)):
                 where = f"{uri!r}: frame {index}"
@@ -138,7 +176,8 @@ def iter_video_frames(
                         "VR180 video is not side-by-side as stored; re-encode it upright"
                     )
                 previous = _checked_time(frame, base, previous, where)
-                yield previous, frame.to_ndarray(format="rgb24")
+                if rate is None or rate.keep(previous):
+                    yield previous, frame.to_ndarray(format="rgb24")
         except av.FFmpegError as e:
             raise VideoError(label, stage, f"corrupt video {uri!r}: {e}") from e
         except ValueError as e:
@@ -204,8 +243,10 @@ def scan_frames(
 def scan_video(
     uri: str, config: ClipConfig, video_id: str = "", fmt: StereoFormat | None = None
 ) -> FrameScan:
-    """One sequential pass over the video at `uri` (any fsspec URI)."""
-    return scan_frames(iter_video_frames(uri, video_id), config, fmt)
+    """One sequential pass over the video at `uri` (any fsspec URI), at most `config.fps`
+    frames per second (`DEFAULT_MAX_FPS` when 0)."""
+    frames = iter_video_frames(uri, video_id, max_fps=config.fps or DEFAULT_MAX_FPS)
+    return scan_frames(frames, config, fmt)
 
 
 def frame_flags(scan: FrameScan, config: ClipConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -44,13 +44,14 @@ class PreparedVideos:
 
 
 def own_video_config(
-    min_clip_frames: int = 32, max_clip_frames: int = 200, timeout_s: float = VIDEO_TIMEOUT_S
+    min_clip_frames: int = 32,
+    max_clip_frames: int = 200,
+    timeout_s: float = VIDEO_TIMEOUT_S,
+    fps: float = 0.0,
 ) -> OwnVideoConfig:
-    """Own-video settings from the job's flags."""
-    return OwnVideoConfig(
-        clips=ClipConfig(min_clip_frames=min_clip_frames, max_clip_frames=max_clip_frames),
-        timeout_s=timeout_s,
-    )
+    """Own-video settings from the job's flags (`fps` 0: the source rate, at most 30)."""
+    clips = ClipConfig(min_clip_frames=min_clip_frames, max_clip_frames=max_clip_frames, fps=fps)
+    return OwnVideoConfig(clips=clips, timeout_s=timeout_s)
 
 
 def _video_failure(video_id: str, error: BaseException) -> ClipFailure:

@@ -39,7 +39,7 @@ from s4d_ray.ownvideo.poses import (
     estimate_poses,
     poses_from_tracks,
 )
-from s4d_ray.ownvideo.prepare import OwnVideoConfig, prepare_video
+from s4d_ray.ownvideo.prepare import OwnVideoConfig, outcome_uri, prepare_video
 from s4d_ray.synthetic.synth import make_texture
 from tests.ownvideo_inputs import make_bad_videos
 
@@ -285,6 +285,48 @@ def test_calibration_is_stored_and_reused(prepared: dict) -> None:
     rerun = prepare_video(str(video.with_name("absent.mp4")), video.stem, str(out))
     assert rerun.npz_uris == prepared["outcome"].npz_uris
     assert json.loads(Path(out / "ownvideo" / "videos" / f"{video.stem}.json").read_text())
+
+
+@pytest.mark.slow  # two clips calibrated and posed: ~15 s CPU
+def test_a_video_killed_midway_resumes_with_only_its_missing_clips(
+    synth_dir: Path, tmp_path: Path
+) -> None:
+    """The cut list and calibration are written before any clip, each clip as soon as it is
+    posed. A re-run after a kill (no outcome file, one clip's npz missing) neither probes nor
+    scans the video again and poses only the missing clip; with every clip written it never
+    opens the video at all."""
+    video = sorted((synth_dir / "raw").glob("*.mp4"))[0]
+    out = tmp_path / "out"
+    config = OwnVideoConfig(clips=ClipConfig(min_clip_frames=5, max_clip_frames=9))
+    first = prepare_video(str(video), video.stem, str(out), config)
+    assert first.failures == [] and len(first.npz_uris) == 2
+    assert first.figures["cut_list_reused"] is False
+    kept, lost = (Path(uri) for uri in first.npz_uris)
+    kept_stat = kept.stat()
+    lost.unlink()  # the clip in flight when the task was killed
+    Path(outcome_uri(str(out), video.stem)).unlink()  # written only at the video's end
+
+    second = prepare_video(str(video), video.stem, str(out), config)
+    assert second.npz_uris == first.npz_uris and second.failures == []
+    assert second.figures["cut_list_reused"] is True
+    assert second.figures["clips_kept_from_earlier_run"] == 1
+    assert "probe_seconds" not in second.figures and "clips_seconds" not in second.figures
+    assert kept.stat().st_mtime_ns == kept_stat.st_mtime_ns  # not posed or written again
+    np.testing.assert_array_equal(
+        read_clip(str(lost)).timestamps, read_clip(first.npz_uris[1]).timestamps
+    )
+
+    Path(outcome_uri(str(out), video.stem)).unlink()
+    absent = str(video.with_name("absent.mp4"))  # decoding it would fail the video
+    third = prepare_video(absent, video.stem, str(out), config)
+    assert third.npz_uris == first.npz_uris and third.failures == []
+    assert third.figures["clips_kept_from_earlier_run"] == 2
+
+    other = OwnVideoConfig(clips=ClipConfig(min_clip_frames=5, max_clip_frames=17))
+    Path(outcome_uri(str(out), video.stem)).unlink()
+    rescan = prepare_video(absent, video.stem, str(out), other)  # new clip settings: cut again
+    assert rescan.figures["cut_list_reused"] is False and rescan.npz_uris == []
+    assert [f.stage for f in rescan.failures] == ["probe"]
 
 
 def test_bad_videos_are_one_failure_each(synth_dir: Path, tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ posed (`s4d_ray.ownvideo.prepare.prepare_video`) in parallel Ray tasks; the prep
 (`OUTPUT/ownvideo/npz/<clip_id>.npz`, cameras and rig, no tracks) then run through the normal
 pipeline (`s4d_ray.engine.command.run_job` composes the two), and every video or clip that
 could not be prepared becomes a failure row. Finished videos are skipped on a re-run (their
-outcome file exists).
+outcome file exists); a video whose task was killed midway resumes from its stored cut list
+and calibration and poses only the clips not yet written (`ownvideo.prepare`).
 """
 
 from __future__ import annotations

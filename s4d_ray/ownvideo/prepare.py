@@ -11,6 +11,12 @@ video, the format as the extra `video_format`, no tracks — which the normal pi
 Every clip or video that cannot be used becomes a failure (clip or video id, stage, message
 with the figures). A per-video `OUTPUT/ownvideo/videos/<video_id>.json` records what was made,
 so a re-run skips finished videos.
+
+Resume within a video: its format and cut list are written first
+(`OUTPUT/ownvideo/cuts/<video_id>.json`), then its calibration, then each clip as soon as it is
+posed. A video task killed midway re-runs without probing or scanning the video again (the
+cut list is reused while the clip settings are the same), with the stored calibration, and
+poses only the clips whose npz is not written yet: it loses at most the clip in flight.
 """
 
 from __future__ import annotations
@@ -23,15 +29,16 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from s4d_ray.geometry.stereo_format import StereoFormat
 from s4d_ray.io import fs, video_lookup
-from s4d_ray.io.clip_io import ClipRecord, write_clip
+from s4d_ray.io.clip_io import ClipRecord, npz_stem, write_clip
 from s4d_ray.io.ids import make_clip_id, validate_video_id
 from s4d_ray.io.rectify import rectify_clip
 from s4d_ray.io.video_lookup import VIDEO_FORMAT_EXTRA, RawVideo
 from s4d_ray.ownvideo.calibration import STAGE as CALIBRATION_STAGE
 from s4d_ray.ownvideo.calibration import CalibrationConfig, calibrate_video
 from s4d_ray.ownvideo.clips import STAGE as CLIPS_STAGE
-from s4d_ray.ownvideo.clips import ClipConfig, split_video
+from s4d_ray.ownvideo.clips import ClipConfig, ClipSpan, split_video
 from s4d_ray.ownvideo.poses import PoseConfig, estimate_poses
 from s4d_ray.ownvideo.probe import STAGE as PROBE_STAGE
 from s4d_ray.ownvideo.probe import ProbeReport, decide_format
@@ -93,6 +100,53 @@ def outcome_uri(output_uri: str, video_id: str) -> str:
     return fs.join(output_uri, OWNVIDEO_DIR, "videos", f"{video_id}.json")
 
 
+def cut_list_uri(output_uri: str, video_id: str) -> str:
+    """Where a video's format and cut list are kept: OUTPUT/ownvideo/cuts/<video_id>.json."""
+    return fs.join(output_uri, OWNVIDEO_DIR, "cuts", f"{video_id}.json")
+
+
+@dataclass(frozen=True)
+class CutList:
+    """What one pass over a video decided: its format, its frame count and its clips (frame
+    indices [F'] and timestamps [F'] µs each), under the clip settings that made them."""
+
+    video_format: dict
+    frames: int
+    clips: list[ClipSpan]
+    clip_config: dict
+    version: str = PREPARE_VERSION
+
+    def to_json(self) -> str:
+        clips = [
+            {"frame_indices": c.frame_indices.tolist(), "timestamps": c.timestamps.tolist()}
+            for c in self.clips
+        ]
+        return json.dumps({**asdict(self), "clips": clips}, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> CutList:
+        d = json.loads(text)
+        d["clips"] = [
+            ClipSpan(
+                frame_indices=np.asarray(c["frame_indices"], np.int64),
+                timestamps=np.asarray(c["timestamps"], np.int64),
+            )
+            for c in d["clips"]
+        ]
+        return cls(**d)
+
+
+def stored_cut_list(output_uri: str | None, video_id: str, config: ClipConfig) -> CutList | None:
+    """The video's stored cut list when one was made by this version with `config`, else
+    None (a changed clip setting cuts the video again)."""
+    if not output_uri or not fs.exists(cut_list_uri(output_uri, video_id)):
+        return None
+    stored = CutList.from_json(fs.read_bytes(cut_list_uri(output_uri, video_id)).decode())
+    if stored.version != PREPARE_VERSION or stored.clip_config != asdict(config):
+        return None
+    return stored
+
+
 def _failure(clip_id: str, error: BaseException, stage: str) -> PreparedFailure:
     stage = getattr(error, "stage", stage)
     message = getattr(error, "message", None) or str(error) or repr(error)
@@ -123,39 +177,66 @@ def clip_record(
     ).validate()
 
 
+def _cut_video(
+    video_uri: str, video_id: str, output_uri: str | None, config: ClipConfig, figures: dict
+) -> CutList | PreparedFailure:
+    """The video's format (probe) and clips (one pass), written as its cut list with
+    `output_uri`; or the video's failure."""
+    start = time.perf_counter()
+    try:
+        fmt = decide_format(video_uri, video_id, ProbeReport(uri=video_uri))
+    except Exception as error:  # noqa: BLE001 - a bad video is a failure row, not a crash
+        return _failure(video_id, error, PROBE_STAGE)
+    figures.update(probe_seconds=_since(start))
+    log.info("own video %s: %s (%s)", video_id, fmt.describe(), fmt.sources)
+    try:
+        clips, scan = split_video(video_uri, video_id, config, fmt)
+    except Exception as error:  # noqa: BLE001 - a bad video is a failure row, not a crash
+        return _failure(video_id, error, CLIPS_STAGE)
+    cuts = CutList(fmt.to_json_dict(), int(scan.timestamps.size), clips, asdict(config))
+    if output_uri:
+        fs.write_bytes(cut_list_uri(output_uri, video_id), cuts.to_json().encode())
+    figures.update(clips_seconds=_since(start))
+    return cuts
+
+
 def video_clip_records(
     video_uri: str,
     video_id: str,
     output_uri: str | None = None,
     config: OwnVideoConfig | None = None,
     figures: dict | None = None,
-) -> Iterator[tuple[ClipRecord, np.ndarray, np.ndarray] | PreparedFailure]:
+    finished: frozenset[str] = frozenset(),
+) -> Iterator[tuple[ClipRecord, np.ndarray, np.ndarray] | PreparedFailure | str]:
     """Split, calibrate and pose one video, one clip at a time: yields (record, left
     [T,S,S,3], right [T,S,S,3]) per good clip — the rectified frames a decode stage would
-    make — or a PreparedFailure (per clip, or one for the whole video). Only the calibration
-    JSON is written (with `output_uri`); `figures` collects timings and calibration figures.
-    Frames are never held for more than one clip."""
+    make — or a PreparedFailure (per clip, or one for the whole video), or the id of a clip
+    in `finished` (posed by an earlier run: not decoded again). With `output_uri` the cut
+    list and the calibration are written (and reused); `figures` collects timings and
+    calibration figures. Frames are never held for more than one clip."""
     config = config or OwnVideoConfig()
     figures = {} if figures is None else figures
     validate_video_id(video_id)
-    start = time.perf_counter()
-    try:
-        fmt = decide_format(video_uri, video_id, ProbeReport(uri=video_uri))
-    except Exception as error:  # noqa: BLE001 - a bad video is a failure row, not a crash
-        yield _failure(video_id, error, PROBE_STAGE)
+    cuts = stored_cut_list(output_uri, video_id, config.clips)
+    figures["cut_list_reused"] = cuts is not None
+    if cuts is None:
+        made = _cut_video(video_uri, video_id, output_uri, config.clips, figures)
+        if isinstance(made, PreparedFailure):
+            yield made
+            return
+        cuts = made
+    fmt = StereoFormat.from_json_dict(cuts.video_format)
+    clips = cuts.clips
+    figures.update(video_format=cuts.video_format, frames=cuts.frames, clips=len(clips))
+    todo = []
+    for clip in clips:
+        clip_id = f"{video_id}_{clip.first_timestamp_us}"
+        if clip_id in finished:
+            yield clip_id
+        else:
+            todo.append(clip)
+    if not todo:
         return
-    figures.update(video_format=fmt.to_json_dict(), probe_seconds=_since(start))
-    log.info("own video %s: %s (%s)", video_id, fmt.describe(), fmt.sources)
-    try:
-        clips, scan = split_video(video_uri, video_id, config.clips, fmt)
-    except Exception as error:  # noqa: BLE001 - a bad video is a failure row, not a crash
-        yield _failure(video_id, error, CLIPS_STAGE)
-        return
-    figures.update(
-        frames=int(scan.timestamps.size),
-        clips=len(clips),
-        clips_seconds=_since(start),
-    )
     try:
         all_ts = np.concatenate([c.timestamps for c in clips])
         calibration = calibrate_video(
@@ -173,7 +254,7 @@ def video_clip_records(
     }
     video = RawVideo(video_uri, fmt)
     pose_config = replace(config.poses, baseline_m=fmt.baseline_m)
-    for clip in clips:
+    for clip in todo:
         clip_id = f"{video_id}_{clip.first_timestamp_us}"  # the failure row's name if invalid
         try:
             clip_id = make_clip_id(video_id, clip.first_timestamp_us)
@@ -227,14 +308,21 @@ def prepare_video(
         if stored.version == PREPARE_VERSION:
             return stored
     outcome = VideoOutcome(video_id=video_id)
-    for item in video_clip_records(video_uri, video_id, output_uri, config, outcome.figures):
+    folder = prepared_npz_folder(output_uri)
+    finished = frozenset(npz_stem(uri) for uri in fs.list_files(folder, ".npz"))
+    records = video_clip_records(video_uri, video_id, output_uri, config, outcome.figures, finished)
+    for item in records:
         if isinstance(item, PreparedFailure):
             outcome.failures.append(item)
-            continue
-        record = item[0]
-        uri = fs.join(prepared_npz_folder(output_uri), f"{record.name}.npz")
-        write_clip(record, uri)
-        outcome.npz_uris.append(uri)
+        elif isinstance(item, str):  # written by an earlier, interrupted run
+            outcome.npz_uris.append(fs.join(folder, f"{item}.npz"))
+        else:
+            uri = fs.join(folder, f"{item[0].name}.npz")
+            write_clip(item[0], uri)
+            outcome.npz_uris.append(uri)
+    outcome.figures["clips_kept_from_earlier_run"] = sum(
+        1 for uri in outcome.npz_uris if npz_stem(uri) in finished
+    )
     fs.write_bytes(done, outcome.to_json().encode())
     log.info(
         "own video %s: %d clips prepared, %d failures",

@@ -49,14 +49,14 @@ def commands() -> dict[str, Command]:
     return table
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `s4d` parser: `-v` and one subparser per command."""
+def build_parser(table: dict[str, Command] | None = None) -> argparse.ArgumentParser:
+    """The `s4d` parser: `-v` and one subparser per command of `table` (default `commands()`)."""
     parser = argparse.ArgumentParser(
         prog="s4d", description="Stereo VR180 video to metric 4D training data (Stereo4D)."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, command in commands().items():
+    for name, command in (table or commands()).items():
         command.add_arguments(sub.add_parser(name, help=command.help, description=command.help))
     return parser
 
@@ -72,9 +72,10 @@ def run_command(command: Command, args: argparse.Namespace, prefix: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `s4d` console script."""
-    args = build_parser().parse_args(argv)
+    table = commands()
+    args = build_parser(table).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT)
-    return run_command(commands()[args.command], args, f"s4d {args.command}")
+    return run_command(table[args.command], args, f"s4d {args.command}")
 
 
 def job_main(script: str, argv: list[str] | None = None) -> int:

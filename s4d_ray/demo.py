@@ -50,8 +50,6 @@ def run_demo(args: argparse.Namespace) -> int:
     from s4d_ray.io import fs
     from s4d_ray.io.clip_io import read_clip
     from s4d_ray.synthetic.evaluate import (
-        banded_errors,
-        concat_point_errors,
         evaluate_clip,
         format_band_table,
         point_errors,
@@ -99,10 +97,11 @@ def run_demo(args: argparse.Namespace) -> int:
             f"{scores['median_error_moving_cm']:>9.1f}"
             f"{scores['median_relative_depth_error']:>10.1%}"
         )
-    if errors:
+    accuracy = run_accuracy(errors)
+    if accuracy:
         print("\naccuracy by true depth band, all clips, beside the stereo limit:\n")
-        print(format_band_table(banded_errors(concat_point_errors(list(errors.values())))))
-    print(f"\nreport: {write_report(output, accuracy=run_accuracy(errors))}")
+        print(format_band_table(accuracy["bands"]))
+    print(f"\nreport: {write_report(output, accuracy=accuracy)}")
     if errors:
         first = next(iter(errors))
         print(f"picture: {save_picture(data, output, first)}")

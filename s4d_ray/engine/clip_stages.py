@@ -399,16 +399,13 @@ def input_rows(
     return rows, rejected
 
 
-SUMMARY_COLUMNS = (
-    "clip_id",
-    "status",
-    "error_stage",
-    "error_type",
-    "error_message",
-    "num_frames",
-    "num_tracks",
-    "timings",
-)
+SUMMARY_COLUMNS = {
+    "status": ("str", 0),
+    "num_frames": ("int64", 0),
+    "num_tracks": ("int64", 0),
+    "track_counts": ("str", 0),
+}
+"""What the write stage adds: with the clip's id, error columns and timings, its summary row."""
 
 
 def track_counts(row: ClipRow) -> dict[str, int]:
@@ -444,18 +441,19 @@ def write_rows(
     seconds = round((time.perf_counter() - start) / max(len(live), 1), 4)
     summaries = []
     for row in rows:
-        summary = {k: row.get(k, "") for k in SUMMARY_COLUMNS if k in row}
-        summary.update(status="failed", num_frames=0, num_tracks=0)
-        summary["track_counts"] = json.dumps(track_counts(row), sort_keys=True)
-        if not failed(row):
+        done = not failed(row)
+        if done:
             update_json(row, "timings", {"write": seconds})
-            num_tracks, num_frames = row["mask"].shape
-            summary.update(
-                status="done",
-                num_frames=int(num_frames),
-                num_tracks=int(num_tracks),
-                timings=row["timings"],
-            )
-        summary.update({k: row[k] for k in ERROR_COLUMNS})
-        summaries.append(summary)
+        num_tracks, num_frames = row["mask"].shape if done else (0, 0)
+        summaries.append(
+            {
+                "clip_id": row["clip_id"],
+                "status": "done" if done else "failed",
+                "num_frames": int(num_frames),
+                "num_tracks": int(num_tracks),
+                "track_counts": json.dumps(track_counts(row), sort_keys=True),
+                "timings": row["timings"],
+                **{k: row[k] for k in ERROR_COLUMNS},
+            }
+        )
     return summaries

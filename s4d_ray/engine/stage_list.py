@@ -148,15 +148,6 @@ def clips_per_shard(config: PipelineConfig) -> int:
     return config.clips_per_shard
 
 
-SUMMARY_COLUMNS = {
-    "status": ("str", 0),
-    "num_frames": ("int64", 0),
-    "num_tracks": ("int64", 0),
-    "track_counts": ("str", 0),
-}
-"""What the write stage adds: its summary row per clip (with the engine's columns)."""
-
-
 # --- the list ---------------------------------------------------------------------------------
 
 _BEFORE_WRITE: tuple[StageSpec, ...] = (
@@ -250,7 +241,7 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(
         "write",
         reads=tuple(dict.fromkeys(("mask", *format_columns()))),
-        adds=SUMMARY_COLUMNS,
+        adds=clip_stages.SUMMARY_COLUMNS,
         # the sink: every column a clip carries ends here, in its summary row
         drops=carried_columns(_BEFORE_WRITE),
         kind=REDUCER,

@@ -206,25 +206,28 @@ def video_clip_records(
     output_uri: str | None = None,
     config: OwnVideoConfig | None = None,
     figures: dict | None = None,
-    finished: frozenset[str] = frozenset(),
 ) -> Iterator[tuple[ClipRecord, np.ndarray, np.ndarray] | PreparedFailure | str]:
     """Split, calibrate and pose one video, one clip at a time: yields (record, left
     [T,S,S,3], right [T,S,S,3]) per good clip — the rectified frames a decode stage would
     make — or a PreparedFailure (per clip, or one for the whole video), or the id of a clip
-    in `finished` (posed by an earlier run: not decoded again). With `output_uri` the cut
-    list and the calibration are written (and reused); `figures` collects timings and
-    calibration figures. Frames are never held for more than one clip."""
+    an earlier run of this video wrote (resumed from its cut list: not decoded again). With
+    `output_uri` the cut list and the calibration are written (and reused); `figures`
+    collects timings and calibration figures. Frames are never held for more than one clip."""
     config = config or OwnVideoConfig()
     figures = {} if figures is None else figures
     validate_video_id(video_id)
     cuts = stored_cut_list(output_uri, video_id, config.clips)
     figures["cut_list_reused"] = cuts is not None
+    finished: set[str] = set()
     if cuts is None:
         made = _cut_video(video_uri, video_id, output_uri, config.clips, figures)
         if isinstance(made, PreparedFailure):
             yield made
             return
         cuts = made
+    elif output_uri:  # a resumed video: one listing of the clips its earlier run wrote
+        pattern = fs.join(prepared_npz_folder(output_uri), f"{video_id}_*.npz")
+        finished = {npz_stem(uri) for uri in fs.list_files(pattern)}
     fmt = StereoFormat.from_json_dict(cuts.video_format)
     clips = cuts.clips
     figures.update(video_format=cuts.video_format, frames=cuts.frames, clips=len(clips))
@@ -309,20 +312,18 @@ def prepare_video(
             return stored
     outcome = VideoOutcome(video_id=video_id)
     folder = prepared_npz_folder(output_uri)
-    finished = frozenset(npz_stem(uri) for uri in fs.list_files(folder, ".npz"))
-    records = video_clip_records(video_uri, video_id, output_uri, config, outcome.figures, finished)
-    for item in records:
+    kept = 0
+    for item in video_clip_records(video_uri, video_id, output_uri, config, outcome.figures):
         if isinstance(item, PreparedFailure):
             outcome.failures.append(item)
         elif isinstance(item, str):  # written by an earlier, interrupted run
             outcome.npz_uris.append(fs.join(folder, f"{item}.npz"))
+            kept += 1
         else:
             uri = fs.join(folder, f"{item[0].name}.npz")
             write_clip(item[0], uri)
             outcome.npz_uris.append(uri)
-    outcome.figures["clips_kept_from_earlier_run"] = sum(
-        1 for uri in outcome.npz_uris if npz_stem(uri) in finished
-    )
+    outcome.figures["clips_kept_from_earlier_run"] = kept
     fs.write_bytes(done, outcome.to_json().encode())
     log.info(
         "own video %s: %d clips prepared, %d failures",

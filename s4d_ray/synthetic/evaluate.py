@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from s4d_ray.errors import InputError
 from s4d_ray.geometry.camera import (
     RECTIFIED_HFOV_DEG,
     RECTIFIED_SIZE,
@@ -21,8 +22,10 @@ from s4d_ray.geometry.camera import (
     intrinsics,
     project_points,
 )
-from s4d_ray.io.clip_io import ClipRecord
-from s4d_ray.synthetic.synth import Ellipsoid, scene_of
+from s4d_ray.io import fs
+from s4d_ray.io.clip_io import ClipRecord, read_clip
+from s4d_ray.io.writer import NPZ_DIR
+from s4d_ray.synthetic.synth import Ellipsoid, load_ground_truth, scene_of
 
 
 def true_trajectories(
@@ -192,19 +195,28 @@ def evaluate_clip(
     metadata = json.loads(str(record.extras.get("metadata", "{}")))
     tracked = metadata.get("tracks_tracked", record.num_tracks)
     error_cm, moving = errors["error_cm"], errors["moving"]
-
-    def median(values: np.ndarray) -> float:
-        return float(np.median(values)) if values.size else float("nan")
-
     return {
         "tracks": int(record.num_tracks),
         "fraction_kept": float(record.num_tracks / tracked) if tracked else 0.0,
-        "points": int(error_cm.size),
-        "median_error_cm": median(error_cm),
-        "median_error_static_cm": median(error_cm[~moving]),
-        "median_error_moving_cm": median(error_cm[moving]),
-        "median_relative_depth_error": median(errors["relative_depth_error"]),
+        **clip_medians(errors),
+        "median_error_static_cm": _median(error_cm[~moving]),
+        "median_error_moving_cm": _median(error_cm[moving]),
         "bands": banded_errors(errors),
+    }
+
+
+def _median(values: np.ndarray) -> float:
+    """The median, NaN for no value."""
+    return float(np.median(values)) if values.size else float("nan")
+
+
+def clip_medians(errors: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Points, median 3D error (cm) and median relative depth error of one clip's
+    `point_errors` (NaN medians when it has no point)."""
+    return {
+        "points": int(errors["error_cm"].size),
+        "median_error_cm": _median(errors["error_cm"]),
+        "median_relative_depth_error": _median(errors["relative_depth_error"]),
     }
 
 
@@ -214,10 +226,7 @@ def run_accuracy(per_clip_errors: dict[str, dict[str, np.ndarray]]) -> dict[str,
     {} when no clip has ground truth."""
     if not per_clip_errors:
         return {}
-    per_clip = []
-    for clip_id, errors in per_clip_errors.items():
-        scores = evaluate_clip_medians(errors)
-        per_clip.append({"clip": clip_id, **scores})
+    per_clip = [{"clip": clip_id, **clip_medians(e)} for clip_id, e in per_clip_errors.items()]
     return {
         "bands": banded_errors(concat_point_errors(list(per_clip_errors.values()))),
         "per_clip": per_clip,
@@ -225,29 +234,10 @@ def run_accuracy(per_clip_errors: dict[str, dict[str, np.ndarray]]) -> dict[str,
     }
 
 
-def evaluate_clip_medians(errors: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Points, median 3D error (cm) and median relative depth error of one clip's
-    `point_errors` (NaN medians when it has no point)."""
-    size = int(errors["error_cm"].size)
-    return {
-        "points": size,
-        "median_error_cm": float(np.median(errors["error_cm"])) if size else float("nan"),
-        "median_relative_depth_error": float(np.median(errors["relative_depth_error"]))
-        if size
-        else float("nan"),
-    }
-
-
 def ground_truth_accuracy(output: str, data: str, clip_ids: list[str]) -> dict[str, Any]:
     """`run_accuracy` of the clips under the engine output `output` (OUTPUT/npz/<clip>.npz)
     that have synthetic ground truth under `data` (`data/gt/<clip>.npz`); an InputError when
     `data` has no gt/ folder (a mistyped path must not silently drop the section)."""
-    from s4d_ray.errors import InputError
-    from s4d_ray.io import fs
-    from s4d_ray.io.clip_io import read_clip
-    from s4d_ray.io.writer import NPZ_DIR
-    from s4d_ray.synthetic.synth import load_ground_truth
-
     if not fs.exists(fs.join(data, "gt")):
         raise InputError(f"--ground-truth {data!r} has no gt/ folder")
     per_clip_errors = {

@@ -27,7 +27,12 @@ from s4d_ray.io.clip_io import read_clip
 from s4d_ray.io.rectify import rectify_clip
 from s4d_ray.io.stereo_format import StereoFormat
 from s4d_ray.io.video import decode_frames_at
-from s4d_ray.ownvideo.calibration import calibrate_frames, sample_timestamps, vertical_disparity_px
+from s4d_ray.ownvideo.calibration import (
+    CalibrationConfig,
+    calibrate_frames,
+    sample_timestamps,
+    vertical_disparity_px,
+)
 from s4d_ray.ownvideo.clips import ClipConfig, split_video
 from s4d_ray.ownvideo.poses import estimate_poses
 from s4d_ray.ownvideo.prepare import clip_record
@@ -106,7 +111,8 @@ def bench_clip(root: Path, truth_npz: Path, min_clip_frames: int, tracks: bool =
         clips, _ = split_video(video, truth.video_id, ClipConfig(min_clip_frames=min_clip_frames))
     out["split"] = {**t.figures(), "clips": len(clips)}
     with Timer() as t:
-        frames = list(decode_frames_at(video, sample_timestamps(clips[0].timestamps, 12)))
+        wanted = sample_timestamps(clips[0].timestamps, CalibrationConfig().frames)
+        frames = list(decode_frames_at(video, wanted))
         calibration = calibrate_frames(frames, truth.video_id)
     rig_truth = truth.rectified2rig.astype(np.float64)
     floor = vertical_disparity_px(

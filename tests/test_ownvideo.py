@@ -18,9 +18,10 @@ from s4d_ray.ownvideo.calibration import (
     Calibration,
     calibrate_video,
     calibration_uri,
+    epipolar_rays,
     epipolar_residuals,
-    pixels_to_rays,
     smallest_gauge,
+    well_conditioned,
 )
 from s4d_ray.ownvideo.clips import (
     ClipConfig,
@@ -155,11 +156,33 @@ def test_calibration_residual_is_zero_for_the_true_rig_and_gauge_free() -> None:
     assert np.median(np.abs(epipolar_residuals(bent, rig_l, rig_r))) > 0.5  # 0.1° = 0.77 px
 
 
-def test_equirect_pixels_round_trip_to_rays() -> None:
-    fov = np.array([-90.0, 90.0, -90.0, 90.0])
-    rays = pixels_to_rays(np.array([[255.5, 255.5], [0.0, 255.5]]), fov, (512, 512))
-    np.testing.assert_allclose(rays[0], [0, 0, 1], atol=1e-12)
-    np.testing.assert_allclose(rays[1], [-1, 0, 0], atol=1e-3)
+def test_epipolar_grid_rows_are_planes_through_the_baseline() -> None:
+    """A point seen by a rectified pair falls on one row of the epipolar grid in both eyes,
+    at any depth and angle off-centre: only its column differs (the horizontal disparity)."""
+    half, grid_hw = (80.0, 70.0), (281, 321)
+    centre = epipolar_rays(np.array([160.0, 140.0]), half, grid_hw)
+    np.testing.assert_allclose(centre, [0, 0, 1], atol=1e-12)
+    v, u = np.mgrid[0:281:20, 0:321:20].astype(np.float64)
+    rays = epipolar_rays(np.stack([u, v], -1), half, grid_hw)
+    phi = np.degrees(np.arctan2(rays[..., 1], rays[..., 2]))
+    np.testing.assert_allclose(phi, phi[:, :1] * np.ones_like(phi), atol=1e-9)
+    # a point 0.7 m away up and to the side, seen from eyes 63 mm apart on x
+    point = np.array([0.5, 0.4, 0.3])
+    rows = []
+    for centre_x in (0.0, 0.063):
+        ray = (point - [centre_x, 0, 0]) / np.linalg.norm(point - [centre_x, 0, 0])
+        phi_deg = np.degrees(np.arctan2(ray[1], ray[2]))
+        rows.append((phi_deg + half[1]) / (2 * half[1]) * (grid_hw[0] - 1))
+    assert rows[0] == pytest.approx(rows[1], abs=1e-9)
+
+
+def test_corners_on_straight_edges_are_not_matched() -> None:
+    """The aperture problem: a point on a straight edge is ill-conditioned (ratio ≈ 0) and
+    skipped; a corner of the same square is kept."""
+    grey = np.full((120, 120), 60, np.uint8)
+    grey[30:90, 30:90] = 200
+    points = np.array([[30.0, 60.0], [30.0, 30.0]])  # middle of the left edge; top-left corner
+    np.testing.assert_array_equal(well_conditioned(grey, points, 0.15), [False, True])
 
 
 def stereo_scene(rng: np.random.Generator, frames: int, num_points: int, low, high) -> dict:

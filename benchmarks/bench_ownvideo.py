@@ -8,16 +8,22 @@ accuracy figures: relative eye-rotation error, median vertical disparity after c
 
     python -m benchmarks.bench_ownvideo [--out DIR] [--clips 2] [--frames 40] [--height 1024]
         [--tracks]   # + 3D track error of the whole pipeline with GT poses vs ours
+        [--camera-speed M/S] [--mover-scale K] [--depth-scale K]   # the streets' shape
+    python -m benchmarks.bench_ownvideo --out DIR --large-seconds 4 [--large-shots 2]
+        # one 5760x2880 60 fps video prepared in a fresh process: peak memory, seconds
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from s4d_ray.errors import StageError
@@ -26,7 +32,7 @@ from s4d_ray.geometry.rectify import LowResolutionWarning
 from s4d_ray.io.clip_io import read_clip
 from s4d_ray.io.rectify import rectify_clip
 from s4d_ray.io.stereo_format import StereoFormat
-from s4d_ray.io.video import decode_frames_at
+from s4d_ray.io.video import decode_frames_at, write_video
 from s4d_ray.ownvideo.calibration import (
     CalibrationConfig,
     calibrate_frames,
@@ -35,9 +41,17 @@ from s4d_ray.ownvideo.calibration import (
 )
 from s4d_ray.ownvideo.clips import ClipConfig, split_video
 from s4d_ray.ownvideo.poses import estimate_poses
-from s4d_ray.ownvideo.prepare import clip_record
+from s4d_ray.ownvideo.prepare import OwnVideoConfig, clip_record, prepare_video
 from s4d_ray.stages.tracking import Tracker
-from s4d_ray.synthetic.synth import SynthConfig, synth_dataset
+from s4d_ray.synthetic.synth import (
+    SceneShape,
+    SynthConfig,
+    build_scene,
+    load_ground_truth,
+    render_stereo_frame,
+    synth_dataset,
+    synth_format,
+)
 
 
 class Timer:
@@ -80,7 +94,6 @@ def track_accuracy(root: Path, truth_npz: Path, ours, work: Path) -> dict:
     from s4d_ray.engine.runner import run_in_process
     from s4d_ray.io.clip_io import write_clip
     from s4d_ray.synthetic.evaluate import evaluate_clip
-    from s4d_ray.synthetic.synth import load_ground_truth
 
     truth = read_clip(str(truth_npz))
     ground_truth = load_ground_truth(str(root), truth.name)
@@ -107,6 +120,12 @@ def bench_clip(root: Path, truth_npz: Path, min_clip_frames: int, tracks: bool =
     truth = read_clip(str(truth_npz))
     video = str(root / "raw" / f"{truth.video_id}.mp4")
     out: dict = {"clip": truth.name, "frames": truth.num_frames}
+    ground_truth = load_ground_truth(str(root), truth.name)
+    depth = ground_truth["depth"]
+    out["scene"] = {
+        "moving_fraction": round(float(np.mean(ground_truth["object_ids"] > 0)), 3),
+        "beyond_10m_fraction": round(float(np.mean((depth > 10) | (depth == 0))), 3),
+    }
     with Timer() as t:
         clips, _ = split_video(video, truth.video_id, ClipConfig(min_clip_frames=min_clip_frames))
     out["split"] = {**t.figures(), "clips": len(clips)}
@@ -137,9 +156,14 @@ def bench_clip(root: Path, truth_npz: Path, min_clip_frames: int, tracks: bool =
         calibration.rectified2rig,
         calibration.fov_bounds,
     )
-    left, right = rectify_clip(template, video)
+    own = OwnVideoConfig()
+    wide = rectify_clip(template, video, own.pose_view_px, own.pose_view_hfov_deg)
     with Timer() as t:
-        poses = estimate_poses(left, right, truth.name)
+        poses = estimate_poses(
+            *wide, truth.name, config=replace(own.poses, hfov_deg=own.pose_view_hfov_deg)
+        )
+    del wide
+    left, _ = rectify_clip(template, video)  # the pipeline's view, for the tracking stage
     gt = truth.camera2world
     se3, sim3 = ate_se3(poses.camera2world, gt), ate_sim3(poses.camera2world, gt)
     rel = rpe(poses.camera2world, gt)
@@ -174,6 +198,81 @@ def bench_clip(root: Path, truth_npz: Path, min_clip_frames: int, tracks: bool =
     return out
 
 
+LARGE_HW = (2880, 5760)
+"""A 5.7K VR180 frame: two 2880² equirect eyes side by side."""
+
+
+def render_large_video(out: Path, seconds: float, shots: int, fps: float, seed: int) -> str:
+    """A 5760×2880 side-by-side video of `shots` streets (cut between them), `seconds` long at
+    `fps`: each frame rendered at 360-line eyes and resampled exactly to 2880 (the equirect
+    geometry is unchanged; only the texture is soft), encoded ultrafast. Its URI."""
+    small = SynthConfig(height=360)
+    fmt, small_hw = synth_format(small)
+    # an equirect eye maps [0, w-1] onto its bounds: big pixel u is small pixel u·(w_s-1)/(w_b-1)
+    eye_small, eye_big = small_hw[1] // 2, LARGE_HW[1] // 2
+    ratio = (eye_small - 1) / (eye_big - 1)
+    u = np.arange(LARGE_HW[1]) % eye_big * ratio + (np.arange(LARGE_HW[1]) >= eye_big) * eye_small
+    v = np.arange(LARGE_HW[0]) * (small_hw[0] - 1) / (LARGE_HW[0] - 1)
+    map_x = np.broadcast_to(u[None, :], LARGE_HW).astype(np.float32)
+    map_y = np.broadcast_to(v[:, None], LARGE_HW).astype(np.float32)
+    per_shot = int(round(seconds * fps / shots))
+    scenes = [build_scene(np.random.default_rng([seed, shot]), 4) for shot in range(shots)]
+    for scene in scenes[1:]:  # one camera: one rig in every shot
+        scene.rectified2rig = scenes[0].rectified2rig
+
+    def frames():
+        for index in range(per_shot * shots):
+            scene, t = scenes[index // per_shot], (index % per_shot) / fps
+            image = render_stereo_frame(scene, t, fmt, small_hw)
+            yield cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR)
+
+    uri = str(out / "raw" / "large5k.mp4")
+    write_video(uri, frames(), fps=fps, preset="ultrafast")
+    return uri
+
+
+def _prepare_in_child(uri: str, output: str, queue) -> None:
+    import resource
+
+    start = time.perf_counter()
+    outcome = prepare_video(uri, "large5k", output)
+    queue.put(
+        {
+            "seconds": round(time.perf_counter() - start, 1),
+            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+            "clips": len(outcome.npz_uris),
+            "failures": [f"{f.clip_id} {f.stage}: {f.message[:120]}" for f in outcome.failures],
+            "figures": {k: v for k, v in outcome.figures.items() if k != "video_format"},
+        }
+    )
+
+
+def bench_large(out: Path, seconds: float, shots: int, fps: float, seed: int) -> dict:
+    """One 5.7K video prepared in a fresh process (as a Ray task would be): seconds per step,
+    its peak resident memory, and when its first clip's npz was written."""
+    import multiprocessing
+
+    video = out / "raw" / "large5k.mp4"
+    with Timer() as t:
+        uri = str(video) if video.exists() else render_large_video(out, seconds, shots, fps, seed)
+    output = out / "prepared"
+    shutil.rmtree(output, ignore_errors=True)
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    start = time.time()
+    child = context.Process(target=_prepare_in_child, args=(uri, str(output), queue))
+    child.start()
+    result = queue.get()
+    child.join()
+    written = sorted(p.stat().st_mtime for p in (output / "ownvideo" / "npz").glob("*.npz"))
+    return {
+        "video": {"seconds": seconds, "fps": fps, "shots": shots, "size": list(LARGE_HW[::-1])},
+        "render_s": round(t.wall, 1),
+        "first_clip_written_s": round(written[0] - start, 1) if written else None,
+        **result,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="/tmp/bench_ownvideo", help="synthetic data folder")
@@ -181,19 +280,41 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=40)
     parser.add_argument("--height", type=int, default=1024, help="equirect eye height, px")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--camera-speed", type=float, default=0.0, help="m/s (0: drawn)")
+    parser.add_argument("--mover-scale", type=float, default=1.0, help="moving objects' size")
+    parser.add_argument("--depth-scale", type=float, default=1.0, help="the street's size")
     parser.add_argument(
         "--tracks",
         action="store_true",
         help="also run the whole pipeline (CPU backends) on the GT npz and on our posed clip "
         "and compare their 3D track errors against ground truth",
     )
+    parser.add_argument(
+        "--large-seconds",
+        type=float,
+        default=0.0,
+        help="instead: one 5760x2880 video this long (--large-shots streets at --large-fps), "
+        "prepared in a fresh process: seconds per step, peak memory, first clip written",
+    )
+    parser.add_argument("--large-shots", type=int, default=3)
+    parser.add_argument("--large-fps", type=float, default=60.0)
     args = parser.parse_args()
     warnings.simplefilter("ignore", LowResolutionWarning)
     root = Path(args.out)
+    if args.large_seconds > 0:
+        figures = bench_large(root, args.large_seconds, args.large_shots, args.large_fps, args.seed)
+        print(json.dumps(figures, indent=1))
+        return
     if not (root / "npz").exists():
         synth_dataset(
             str(root),
-            SynthConfig(clips=args.clips, frames=args.frames, height=args.height, seed=args.seed),
+            SynthConfig(
+                clips=args.clips,
+                frames=args.frames,
+                height=args.height,
+                seed=args.seed,
+                shape=SceneShape(args.camera_speed, args.mover_scale, args.depth_scale),
+            ),
         )
     results = []
     for npz in sorted((root / "npz").glob("*.npz"))[: args.clips]:

@@ -7,7 +7,13 @@ import os
 import cv2
 import numpy as np
 
-from s4d_ray.io.video import decode_frames_at, probe_video, write_video
+from s4d_ray.io.video import (
+    decode_frames_at,
+    decode_threads,
+    open_video_stream,
+    probe_video,
+    write_video,
+)
 
 FPS = 25  # 40 000 µs per frame: halfway timestamps are whole microseconds
 
@@ -54,3 +60,17 @@ def test_halfway_timestamps_take_the_later_frame_like_opencv(tmp_path):
         reference.append(frame_number(image))
     capture.release()
     assert reference == ours["halfway"]
+
+
+def test_decode_threads_set_ffmpegs_threads_within_a_task(tmp_path):
+    """A task holding N CPUs decodes with N FFmpeg threads; outside one, FFmpeg chooses."""
+    path = str(tmp_path / "grey.mp4")
+    write_video(path, grey_frames(4), fps=FPS)
+    with open_video_stream(path, "clip", "decode") as (_, stream):
+        assert stream.thread_count == 0  # FFmpeg's own choice: one per core
+    with decode_threads(2), open_video_stream(path, "clip", "decode") as (_, stream):
+        assert stream.thread_count == 2
+    with decode_threads(0), open_video_stream(path, "clip", "decode") as (_, stream):
+        assert stream.thread_count == 1  # a fractional task still decodes
+    with decode_threads(1):
+        assert [frame_number(f) for f in decode_frames_at(path, [0, 80_000])] == [0, 2]

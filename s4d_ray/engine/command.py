@@ -20,7 +20,7 @@ from s4d_ray.engine.ray_connect import ensure_ray
 from s4d_ray.errors import InputError
 from s4d_ray.io.writer import ClipFailure
 from s4d_ray.ownvideo.distributed import own_video_config, prepare_videos
-from s4d_ray.ownvideo.prepare import VIDEO_TIMEOUT_S, OwnVideoConfig
+from s4d_ray.ownvideo.prepare import VIDEO_TASK_CPUS, VIDEO_TIMEOUT_S, OwnVideoConfig
 
 log = logging.getLogger("s4d_ray.engine.command")
 
@@ -113,6 +113,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "source rate, capped at 30 fps; a 60 fps video gives 30 fps clips)",
     )
     parser.add_argument(
+        "--video-cpus",
+        type=float_range(0.1, 256),
+        default=VIDEO_TASK_CPUS,
+        help="own videos: logical CPUs each video's task holds; FFmpeg decodes with as many "
+        "threads (at least one). Default 0.5: one thread, two videos per core",
+    )
+    parser.add_argument(
         "--video-timeout-s",
         type=float_range(0),
         default=VIDEO_TIMEOUT_S,
@@ -169,7 +176,11 @@ def run(args: argparse.Namespace) -> int:
         if not args.videos:
             raise InputError("give release clips (--npz) or your own videos (--videos)")
         own_videos = own_video_config(
-            args.min_clip_frames, args.max_clip_frames, args.video_timeout_s, args.fps
+            args.min_clip_frames,
+            args.max_clip_frames,
+            args.video_timeout_s,
+            args.fps,
+            args.video_cpus,
         )
     summary = run_job(
         args.npz, args.output, config, args.videos, args.rectified, args.limit, own_videos

@@ -8,6 +8,7 @@ rectification fast (the reference seeks per frame).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import shutil
 import tempfile
@@ -78,9 +79,25 @@ def _open(uri: str):
     return av.open(fsys.open(path, "rb"))
 
 
+DECODE_THREADS: contextvars.ContextVar[int] = contextvars.ContextVar("decode_threads", default=0)
+"""FFmpeg threads per opened stream (0: FFmpeg's own choice, one per core)."""
+
+
+@contextlib.contextmanager
+def decode_threads(count: int) -> Iterator[None]:
+    """Streams opened within decode with `count` FFmpeg threads: a Ray task holding N CPUs
+    decodes with N threads instead of one per core of the node."""
+    token = DECODE_THREADS.set(max(1, int(count)))
+    try:
+        yield
+    finally:
+        DECODE_THREADS.reset(token)
+
+
 @contextlib.contextmanager
 def open_video_stream(uri: str, label: str, stage: str) -> Iterator[tuple[Any, Any]]:
-    """(container, its first video stream) set to threaded decoding, closed on exit; a
+    """(container, its first video stream) set to threaded decoding (`decode_threads`
+    threads when set), closed on exit; a
     VideoError naming `label` (clip or video id) and `stage` when the file cannot be opened
     or has no video stream."""
     try:
@@ -94,6 +111,8 @@ def open_video_stream(uri: str, label: str, stage: str) -> Iterator[tuple[Any, A
             raise VideoError(label, stage, f"no video stream in {uri!r}") from None
         check_frame_size(stream.width, stream.height, uri, label, stage)
         stream.thread_type = "AUTO"
+        if DECODE_THREADS.get():
+            stream.thread_count = DECODE_THREADS.get()
         yield container, stream
 
 
@@ -197,10 +216,12 @@ def write_video(
     codec: str = "libx264",
     muxer: str = "mp4",
     stream_metadata: dict[str, str] | None = None,
+    preset: str = "",
 ) -> int:
     """Encode RGB frames [H,W,3] uint8 (yuv420p; H.264 in mp4 by default, any FFmpeg
     `codec` and `muxer`, e.g. libvpx-vp9 in webm) at `uri` (any fsspec URI, atomic), with
-    `stream_metadata` tags on the video stream (Matroska maps `stereo_mode` to StereoMode).
+    `stream_metadata` tags on the video stream (Matroska maps `stereo_mode` to StereoMode);
+    `preset`: the x264 speed preset (e.g. "ultrafast" for 5.7K test videos; default medium).
 
     Returns the number of frames written.
     """
@@ -219,7 +240,7 @@ def write_video(
             stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
             assert isinstance(stream, VideoStream), f"{codec} is not a video codec"
             stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf)}
+            stream.options = {"crf": str(crf), **({"preset": preset} if preset else {})}
             if codec == "libvpx-vp9":  # constant quality, fast enough for tests on 2 cores
                 stream.options = {
                     "crf": str(crf),

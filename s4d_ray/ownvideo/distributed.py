@@ -12,13 +12,16 @@ and calibration and poses only the clips not yet written (`ownvideo.prepare`).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 
+from s4d_ray.io.video import decode_threads
 from s4d_ray.io.video_lookup import VIDEO_SUFFIXES
 from s4d_ray.io.writer import ClipFailure
 from s4d_ray.ownvideo.clips import ClipConfig
 from s4d_ray.ownvideo.prepare import (
+    VIDEO_TASK_CPUS,
     VIDEO_TIMEOUT_S,
     OwnVideoConfig,
     VideoOutcome,
@@ -28,10 +31,6 @@ from s4d_ray.ownvideo.prepare import (
 )
 
 log = logging.getLogger(__name__)
-
-PREPARE_CPUS = 0.5
-"""Logical CPUs per video task: fractional, so the tasks never starve each other on a small
-machine (DESIGN.md §5)."""
 
 
 @dataclass(frozen=True)
@@ -49,10 +48,11 @@ def own_video_config(
     max_clip_frames: int = 200,
     timeout_s: float = VIDEO_TIMEOUT_S,
     fps: float = 0.0,
+    task_cpus: float = VIDEO_TASK_CPUS,
 ) -> OwnVideoConfig:
     """Own-video settings from the job's flags (`fps` 0: the source rate, at most 30)."""
     clips = ClipConfig(min_clip_frames=min_clip_frames, max_clip_frames=max_clip_frames, fps=fps)
-    return OwnVideoConfig(clips=clips, timeout_s=timeout_s)
+    return OwnVideoConfig(clips=clips, timeout_s=timeout_s, task_cpus=task_cpus)
 
 
 def _video_failure(video_id: str, error: BaseException) -> ClipFailure:
@@ -98,8 +98,9 @@ def _gather(pending: dict, timeout_s: float) -> tuple[list[VideoOutcome], list[C
 def _prepare_task(
     video_uri: str, video_id: str, output_uri: str, config: OwnVideoConfig
 ) -> VideoOutcome:
-    """One video's Ray task: `prepare_video` with every argument given."""
-    return prepare_video(video_uri, video_id, output_uri, config)
+    """One video's Ray task: `prepare_video`, FFmpeg's threads within the task's CPUs."""
+    with decode_threads(math.floor(config.task_cpus)):
+        return prepare_video(video_uri, video_id, output_uri, config)
 
 
 def prepare_videos(videos: str, output: str, config: OwnVideoConfig) -> PreparedVideos:
@@ -113,7 +114,7 @@ def prepare_videos(videos: str, output: str, config: OwnVideoConfig) -> Prepared
             f"no video ({', '.join(VIDEO_SUFFIXES)}) under {videos!r} "
             "(own-video mode: --videos without --npz)"
         )
-    task = ray.remote(_prepare_task).options(num_cpus=PREPARE_CPUS, max_retries=1)
+    task = ray.remote(_prepare_task).options(num_cpus=config.task_cpus, max_retries=1)
     pending = {task.remote(uri, video_id, output, config): video_id for video_id, uri in listed}
     outcomes, failures = _gather(pending, config.timeout_s)
     failures += [

@@ -31,6 +31,24 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
         "--objects", type=int_range(0, 1000), default=4, help="moving objects per scene"
     )
     parser.add_argument(
+        "--camera-speed",
+        type=float_range(0, 10),
+        default=0.0,
+        help="the rig's speed, m/s (0: drawn per scene, 0.4-0.9; path = speed x clip duration)",
+    )
+    parser.add_argument(
+        "--mover-scale",
+        type=float_range(0.1, 5),
+        default=1.0,
+        help="size factor of the moving objects (2.5: about a third of the view moves)",
+    )
+    parser.add_argument(
+        "--depth-scale",
+        type=float_range(0.5, 10),
+        default=1.0,
+        help="size factor of the street (2.5: most of the scene beyond 10 m)",
+    )
+    parser.add_argument(
         "--layout",
         choices=LAYOUTS,
         default="left-right",
@@ -71,7 +89,7 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_synth(args: argparse.Namespace) -> int:
     """Render the clips; print their ids."""
-    from s4d_ray.synthetic.synth import SynthConfig, synth_dataset
+    from s4d_ray.synthetic.synth import SceneShape, SynthConfig, synth_dataset
 
     config = SynthConfig(
         clips=args.clips,
@@ -89,6 +107,7 @@ def run_synth(args: argparse.Namespace) -> int:
         sidecar=args.sidecar,
         title=args.title,
         supersample=args.supersample,
+        shape=SceneShape(args.camera_speed, args.mover_scale, args.depth_scale),
     )
     for clip_id in synth_dataset(args.out, config):
         print(clip_id)

@@ -181,6 +181,7 @@ class Scene:
     rotation_rates: np.ndarray
     rectified2rig: np.ndarray
     light: np.ndarray = field(default_factory=lambda: np.array([0.3, -0.8, -0.5]))
+    sidewalk_from_x: float = SIDEWALK_FROM_X
 
     @property
     def surfaces(self) -> list[Plane | Ellipsoid]:
@@ -247,7 +248,7 @@ class Scene:
         table = np.array([s.label for s in self.surfaces] + [ADE_SKY], np.uint8)
         labels = table[hits.surface]
         on_ground = hits.surface == 0  # the road plane, sidewalk near the façades
-        labels[on_ground & (np.abs(hits.canonical[:, 0]) > SIDEWALK_FROM_X)] = ADE_SIDEWALK
+        labels[on_ground & (np.abs(hits.canonical[:, 0]) > self.sidewalk_from_x)] = ADE_SIDEWALK
         return labels
 
     def object_ids_of(self, hits: Hits) -> np.ndarray:
@@ -269,7 +270,7 @@ class Scene:
                     surf.texture, p[:, a] / surf.texel_m, p[:, b] / surf.texel_m
                 )
                 if index == 0:
-                    walk = np.abs(p[:, 0]) > SIDEWALK_FROM_X
+                    walk = np.abs(p[:, 0]) > self.sidewalk_from_x
                     colour[walk] = 0.55 * colour[walk] + 90.0
             else:
                 lon = np.arctan2(p[:, 0], p[:, 2])
@@ -297,14 +298,38 @@ class Scene:
         return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
-def build_scene(rng: np.random.Generator, num_objects: int = 4) -> Scene:
-    """A random but plausible street: ground, façades, back wall, sky, moving objects."""
-    near, far = -30.0, BACK_Z
+@dataclass(frozen=True)
+class SceneShape:
+    """What a synthetic street looks like beyond its seed: camera_speed_m_s forward (0: drawn,
+    0.4–0.9 m/s; the path is this times the clip's duration); mover_scale: the moving
+    objects' size factor (2.5: about a third of the view moves); depth_scale: the street's
+    width, length and façade height factor (2.5: most of the scene beyond 10 m)."""
+
+    camera_speed_m_s: float = 0.0
+    mover_scale: float = 1.0
+    depth_scale: float = 1.0
+
+    def to_array(self) -> np.ndarray:
+        return np.array([self.camera_speed_m_s, self.mover_scale, self.depth_scale])
+
+    @classmethod
+    def from_array(cls, values: np.ndarray) -> SceneShape:
+        return cls(*(float(v) for v in values))
+
+
+def build_scene(
+    rng: np.random.Generator, num_objects: int = 4, shape: SceneShape | None = None
+) -> Scene:
+    """A random but plausible street: ground, façades, back wall, sky, moving objects (one
+    `rng` draws the same street whatever its `shape`)."""
+    shape = shape or SceneShape()
+    side, back, top = (v * shape.depth_scale for v in (SIDE_X, BACK_Z, SKY_Y))
+    near, far = -30.0 * shape.depth_scale, back
     planes = [
-        Plane(1, GROUND_Y, ((-SIDE_X, SIDE_X), (near, far)), ADE_ROAD, make_texture(rng)),
-        Plane(2, BACK_Z, ((-SIDE_X, SIDE_X), (SKY_Y, GROUND_Y)), ADE_WALL, make_texture(rng)),
-        Plane(0, -SIDE_X, ((SKY_Y, GROUND_Y), (near, far)), ADE_BUILDING, make_texture(rng)),
-        Plane(0, SIDE_X, ((SKY_Y, GROUND_Y), (near, far)), ADE_BUILDING, make_texture(rng)),
+        Plane(1, GROUND_Y, ((-side, side), (near, far)), ADE_ROAD, make_texture(rng)),
+        Plane(2, back, ((-side, side), (top, GROUND_Y)), ADE_WALL, make_texture(rng)),
+        Plane(0, -side, ((top, GROUND_Y), (near, far)), ADE_BUILDING, make_texture(rng)),
+        Plane(0, side, ((top, GROUND_Y), (near, far)), ADE_BUILDING, make_texture(rng)),
     ]
     objects = []
     for k in range(num_objects):
@@ -313,6 +338,7 @@ def build_scene(rng: np.random.Generator, num_objects: int = 4) -> Scene:
             radii = rng.uniform([0.6, 0.35, 0.9], [0.9, 0.5, 1.3])
         else:
             radii = rng.uniform([0.25, 0.7, 0.25], [0.35, 0.9, 0.35])
+        radii = radii * shape.mover_scale
         depth = rng.uniform(3.5, 9.0)
         lateral = rng.uniform(-2.5, 2.5)
         centre0 = np.array([lateral, GROUND_Y - radii[1] - 0.05, depth])
@@ -336,15 +362,20 @@ def build_scene(rng: np.random.Generator, num_objects: int = 4) -> Scene:
     rectified2rig = np.stack(
         [rotation_matrix(rng.normal(size=3), np.radians(rng.uniform(0.4, 1.2))) for _ in range(2)]
     )
+    sky_texture = make_texture(rng, 256)
+    camera_speed = np.array([rng.uniform(-0.1, 0.1), 0.0, rng.uniform(0.4, 0.9)])
+    if shape.camera_speed_m_s > 0:
+        camera_speed *= shape.camera_speed_m_s / np.linalg.norm(camera_speed)
     return Scene(
         planes=planes,
         objects=objects,
-        sky_texture=make_texture(rng, 256),
-        camera_speed=np.array([rng.uniform(-0.1, 0.1), 0.0, rng.uniform(0.4, 0.9)]),
+        sky_texture=sky_texture,
+        camera_speed=camera_speed,
         camera_sway=np.array([0.05, 0.02, 0.0]),
         rotation_amplitude_deg=rng.uniform([3.0, 1.5, 0.5], [7.0, 3.0, 1.0]),
         rotation_rates=rng.uniform([0.8, 1.0, 0.6], [1.5, 1.8, 1.2]),
         rectified2rig=rectified2rig,
+        sidewalk_from_x=side - (SIDE_X - SIDEWALK_FROM_X),
     )
 
 
@@ -521,7 +552,8 @@ class SynthConfig:
     `metadata` writes the layout and projection into the file (st3d/sv3d in mp4; the layout
     only, as StereoMode, in Matroska); `sidecar` writes `<file>.s4d.json` with the whole format; `title` names the file
     `<title> [<video_id>].<ext>` as yt-dlp does; `supersample` averages that many rays per
-    pixel along each axis (see `render_stereo_frame`; 1: one ray, fastest).
+    pixel along each axis (see `render_stereo_frame`; 1: one ray, fastest); `shape` the
+    street's camera speed, mover size and depth (`SceneShape`).
     """
 
     clips: int = 2
@@ -543,6 +575,7 @@ class SynthConfig:
     sidecar: bool = False
     title: str = ""
     supersample: int = 1
+    shape: SceneShape = field(default_factory=SceneShape)
 
     def __post_init__(self) -> None:
         if (
@@ -594,7 +627,7 @@ def sidecar_of(fmt: StereoFormat) -> dict:
 def synth_clip(out_dir: str, config: SynthConfig, clip_index: int) -> str:
     """Render one video + clip and write raw/, npz/ and gt/ under `out_dir`; return the clip id."""
     rng = np.random.default_rng([config.seed, clip_index])
-    scene = build_scene(rng, config.num_objects)  # first use of rng: `scene_of` rebuilds it
+    scene = build_scene(rng, config.num_objects, config.shape)  # first use of rng: `scene_of`
     video_id = f"syn{config.seed % 10000:04d}{clip_index:04d}"
     total = config.lead_frames + config.frames + config.tail_frames
     video_times = np.arange(total) / config.fps
@@ -631,6 +664,7 @@ def synth_clip(out_dir: str, config: SynthConfig, clip_index: int) -> str:
     gt_arrays: dict[str, Any] = {  # Any: see write_clip
         "scene_seed": np.array([config.seed, clip_index]),
         "num_objects": np.array(config.num_objects),
+        "scene_shape": config.shape.to_array(),
         "clip_times": clip_times,
         "depth": np.stack([v["depth"] for v in views]).astype(np.float16),
         "labels": np.stack([v["labels"] for v in views]),
@@ -654,7 +688,12 @@ def synth_dataset(out_dir: str, config: SynthConfig) -> list[str]:
 def scene_of(ground_truth: dict[str, np.ndarray]) -> Scene:
     """Rebuild the exact scene of a synthetic clip from its ground truth (for evaluation)."""
     rng = np.random.default_rng(ground_truth["scene_seed"].tolist())
-    return build_scene(rng, int(ground_truth["num_objects"]))
+    shape = (
+        SceneShape.from_array(ground_truth["scene_shape"])
+        if "scene_shape" in ground_truth
+        else None
+    )
+    return build_scene(rng, int(ground_truth["num_objects"]), shape)
 
 
 def load_ground_truth(out_dir: str, clip_id: str) -> dict[str, np.ndarray]:

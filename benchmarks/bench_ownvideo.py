@@ -34,6 +34,7 @@ from s4d_ray.io.rectify import rectify_clip
 from s4d_ray.io.stereo_format import StereoFormat
 from s4d_ray.io.video import decode_frames_at, write_video
 from s4d_ray.ownvideo.calibration import (
+    Calibration,
     CalibrationConfig,
     calibrate_frames,
     sample_timestamps,
@@ -265,10 +266,17 @@ def bench_large(out: Path, seconds: float, shots: int, fps: float, seed: int) ->
     result = queue.get()
     child.join()
     written = sorted(p.stat().st_mtime for p in (output / "ownvideo" / "npz").glob("*.npz"))
+    stored = output / "calibration" / "large5k.json"
+    rig_error = None
+    if stored.exists():
+        rig = build_scene(np.random.default_rng([seed, 0]), 4).rectified2rig  # every shot's rig
+        estimate = Calibration.from_json(stored.read_text()).rectified2rig
+        rig_error = round(relative_eye_rotation_error_deg(estimate, rig), 5)
     return {
         "video": {"seconds": seconds, "fps": fps, "shots": shots, "size": list(LARGE_HW[::-1])},
         "render_s": round(t.wall, 1),
         "first_clip_written_s": round(written[0] - start, 1) if written else None,
+        "relative_eye_rotation_error_deg": rig_error,
         **result,
     }
 

@@ -21,6 +21,7 @@ from s4d_ray.ownvideo.calibration import (
     epipolar_rays,
     epipolar_residuals,
     smallest_gauge,
+    spread_corners,
     well_conditioned,
 )
 from s4d_ray.ownvideo.clips import (
@@ -183,6 +184,20 @@ def test_corners_on_straight_edges_are_not_matched() -> None:
     grey[30:90, 30:90] = 200
     points = np.array([[30.0, 60.0], [30.0, 30.0]])  # middle of the left edge; top-left corner
     np.testing.assert_array_equal(well_conditioned(grey, points, 0.15), [False, True])
+
+
+def test_corners_are_sought_in_every_part_of_the_field() -> None:
+    """A strongly textured object on the left must not leave the faint right half without
+    corners (the corners of the field are the only part that sees the eyes' yaw)."""
+    rng = np.random.default_rng(0)
+    grey = np.full((128, 256), 128, np.uint8)
+    grey[:, :128] = rng.integers(0, 255, (128, 128))  # strong texture
+    grey[:, 128:] += rng.integers(0, 4, (128, 128)).astype(np.uint8)  # faint texture
+    mask = np.full(grey.shape, 255, np.uint8)
+    one_threshold = cv2.goodFeaturesToTrack(grey, 400, 0.005, 7, mask=mask).reshape(-1, 2)
+    assert (one_threshold[:, 0] >= 128).sum() == 0
+    spread = spread_corners(grey, mask, 400, 2).reshape(-1, 2)
+    assert (spread[:, 0] >= 128).sum() >= 50
 
 
 def stereo_scene(rng: np.random.Generator, frames: int, num_points: int, low, high) -> dict:

@@ -75,7 +75,11 @@ class CalibrationConfig:
     corners: corners per frame; rounds: rectify → match → solve rounds after the first;
     max_lon_deg / max_lat_deg: the part of each eye matched, as the epipolar grid's α and φ
     half-ranges (`epipolar_rays`); min_eigen_ratio: corners on straight edges are not matched
-    (`well_conditioned`); trim_mads / trim_floor_px: which matches the second solve keeps
+    (`well_conditioned`); corner_cells: corners are sought per cell of a corner_cells²
+    split, each against its own strongest (`spread_corners`); max_grid_px_per_deg: the
+    epipolar grid's resolution at most (a 5.7K eye has 16 px/deg: matched at 8 after a blur,
+    calibration took 13.5 s instead of 39 s and its rig error was 0.007° instead of 0.014°
+    on a synthetic 5.7K video); trim_mads / trim_floor_px: which matches the second solve keeps
     (`consistent_matches`); fb_threshold_px: forward-backward LK tolerance; loss_scale_px:
     soft-L1 scale; min_matches / min_match_fraction: below these the halves are not a stereo
     pair; max_median_vertical_px: above this after solving the calibration is rejected;
@@ -113,6 +117,8 @@ class CalibrationConfig:
     min_eigen_ratio: float = 0.15
     trim_mads: float = 3.0
     trim_floor_px: float = 0.2
+    corner_cells: int = 4
+    max_grid_px_per_deg: float = 8.0
 
 
 @dataclass
@@ -176,7 +182,7 @@ def match_eyes(
 
     Returns (left px [M,2], right px [M,2], corners tried).
     """
-    corners = cv2.goodFeaturesToTrack(left, config.corners, 0.005, 7, mask=mask)
+    corners = spread_corners(left, mask, config.corners, config.corner_cells)
     if corners is None:
         return np.zeros((0, 2)), np.zeros((0, 2)), 0
     corners = corners[well_conditioned(left, corners.reshape(-1, 2), config.min_eigen_ratio)]
@@ -189,6 +195,33 @@ def match_eyes(
         fwd.reshape(-1, 2)[ok].astype(np.float64),
         len(corners),
     )
+
+
+def spread_corners(grey: np.ndarray, mask: np.ndarray, count: int, cells: int) -> np.ndarray | None:
+    """Up to `count` corners [M,1,2] float32 of `grey [H,W] uint8` within `mask`, found per
+    cell of a cells × cells split, each cell's strength relative to its own strongest: the
+    corners of the field, the only part that sees the eyes' relative yaw, keep their corners
+    when a strongly textured object elsewhere sets the frame's maximum (one street kept no
+    match at all beyond ±40°, ±35° with a single frame-wide threshold)."""
+    h, w = grey.shape
+    rows = np.linspace(0, h, cells + 1).astype(int)
+    cols = np.linspace(0, w, cells + 1).astype(int)
+    found = []
+    for top, bottom in zip(rows[:-1], rows[1:], strict=True):
+        for left, right in zip(cols[:-1], cols[1:], strict=True):
+            cell_mask = mask[top:bottom, left:right]
+            if not cell_mask.any():
+                continue
+            corners = cv2.goodFeaturesToTrack(
+                grey[top:bottom, left:right],
+                max(1, count // cells**2),
+                0.005,
+                7,
+                mask=np.ascontiguousarray(cell_mask),
+            )
+            if corners is not None:
+                found.append(corners + np.array([left, top], np.float32))
+    return np.concatenate(found) if found else None
 
 
 def well_conditioned(grey: np.ndarray, points: np.ndarray, min_ratio: float) -> np.ndarray:
@@ -349,7 +382,10 @@ def _match_round(
     frame_hw = frames[0].shape[:2]
     part_hw = eye_hw(fmt, frame_hw)
     bounds = working_bounds(fmt)
-    px_per_deg = part_hw[1] / (bounds[1] - bounds[0])
+    source_px_per_deg = part_hw[1] / (bounds[1] - bounds[0])
+    px_per_deg = min(source_px_per_deg, config.max_grid_px_per_deg)
+    # sampled below the source's resolution: blurred first, against aliasing
+    blur_sigma = 0.5 * source_px_per_deg / px_per_deg if source_px_per_deg > px_per_deg else 0.0
     half = (config.max_lon_deg, config.max_lat_deg)
     grid_hw = (int(round(2 * half[1] * px_per_deg)), int(round(2 * half[0] * px_per_deg)))
     v, u = np.mgrid[0 : grid_hw[0], 0 : grid_hw[1]].astype(np.float64)
@@ -362,6 +398,8 @@ def _match_round(
     ) * 255
     for frame in frames:
         grey = as_grey(frame)
+        if blur_sigma:
+            grey = cv2.GaussianBlur(grey, (0, 0), blur_sigma)
         rect = [
             cv2.remap(grey, m[0], m[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
             for m in maps

@@ -158,7 +158,7 @@ def bench_clip(root: Path, truth_npz: Path, min_clip_frames: int, tracks: bool =
         calibration.fov_bounds,
     )
     own = OwnVideoConfig()
-    wide = rectify_clip(template, video, own.pose_view_px, own.pose_view_hfov_deg)
+    wide = rectify_clip(template, video, own.pose_view_px, own.pose_view_hfov_deg, grey=True)
     with Timer() as t:
         poses = estimate_poses(
             *wide, truth.name, config=replace(own.poses, hfov_deg=own.pose_view_hfov_deg)

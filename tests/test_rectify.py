@@ -236,3 +236,14 @@ def test_low_resolution_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_vr180_frame_size(3840, 1920, "abc_1")
+
+
+def test_grey_rectification_is_the_colour_one_in_grey(synth_dir):
+    """Posing takes grey views (a third of the memory): converted before the remap, they
+    differ from the colour views converted after by rounding only."""
+    record, video, _ = load(synth_dir, clip_ids(synth_dir)[0])
+    colour, _ = rectify_clip(record, video)
+    grey, _ = rectify_clip(record, video, grey=True)
+    assert grey.shape == colour.shape[:3] and grey.dtype == np.uint8
+    expected = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in colour]).astype(int)
+    assert np.abs(grey.astype(int) - expected).max() <= 2

@@ -10,6 +10,7 @@ import logging
 import os
 from collections.abc import Iterator
 
+import cv2
 import numpy as np
 
 from s4d_ray.errors import VideoError
@@ -30,9 +31,11 @@ def iter_rectified(
     video: RawVideo | str,
     out_size: int = RECTIFIED_SIZE,
     hfov_deg: float = RECTIFIED_HFOV_DEG,
+    grey: bool = False,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (left, right) rectified frames [S,S,3] for each of the clip's timestamps; a bare
-    URI is read as the release's side-by-side equirect."""
+    """Yield (left, right) rectified frames [S,S,3] (`grey`: [S,S], converted before the
+    remap) for each of the clip's timestamps; a bare URI is read as the release's
+    side-by-side equirect."""
     if isinstance(video, str):
         video = RawVideo(video, release_format(record))
     info = probe_video(video.uri, record.name, STAGE)
@@ -41,7 +44,7 @@ def iter_rectified(
         record.rectified2rig, (info.height, info.width), video.format, out_size, hfov_deg
     )
     for frame in decode_frames_at(video.uri, record.timestamps, record.name, STAGE):
-        yield rectify_frame(frame, maps)
+        yield rectify_frame(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) if grey else frame, maps)
 
 
 def rectify_clip(
@@ -49,12 +52,16 @@ def rectify_clip(
     video: RawVideo | str,
     out_size: int = RECTIFIED_SIZE,
     hfov_deg: float = RECTIFIED_HFOV_DEG,
+    grey: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """All rectified frames of a clip: (left [T,S,S,3], right [T,S,S,3]) uint8."""
-    left = np.empty((record.num_frames, out_size, out_size, 3), np.uint8)
+    """All rectified frames of a clip: (left [T,S,S,3], right [T,S,S,3]) uint8, or [T,S,S]
+    with `grey` (a third of the memory: posing needs no colour)."""
+    shape = (record.num_frames, out_size, out_size) + (() if grey else (3,))
+    left = np.empty(shape, np.uint8)
     right = np.empty_like(left)
     count = 0
-    for i, (l_img, r_img) in enumerate(iter_rectified(record, video, out_size, hfov_deg)):
+    frames = iter_rectified(record, video, out_size, hfov_deg, grey)
+    for i, (l_img, r_img) in enumerate(frames):
         left[i], right[i] = l_img, r_img
         count += 1
     if count != record.num_frames:

@@ -126,7 +126,8 @@ class PoseResult:
 
 
 def _grey(frames: np.ndarray) -> list[np.ndarray]:
-    return [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+    """Frames [T,S,S,3] RGB or [T,S,S] grey as grey images."""
+    return [f if f.ndim == 2 else cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
 
 
 def _usable_mask(
@@ -182,7 +183,8 @@ class SparseTracks:
 def track_sparse(
     left: np.ndarray, right: np.ndarray, labels: np.ndarray | None, config: PoseConfig
 ) -> SparseTracks:
-    """Sparse left-eye tracks with stereo matches, frames [T,S,S,3] uint8, labels [T,S,S] or None."""
+    """Sparse left-eye tracks with stereo matches, frames [T,S,S,3] or [T,S,S]
+    uint8, labels [T,S,S] or None."""
     grey_l, grey_r = _grey(left), _grey(right)
     num_frames = len(grey_l)
     size = grey_l[0].shape
@@ -607,7 +609,8 @@ def estimate_poses(
     labels: np.ndarray | None = None,
     config: PoseConfig | None = None,
 ) -> PoseResult:
-    """Metric camera2world [T,3,4] of a rectified stereo clip (left/right [T,S,S,3] uint8).
+    """Metric camera2world [T,3,4] of a rectified stereo clip (left/right
+    [T,S,S,3] or grey [T,S,S] uint8).
 
     labels: optional ADE20K labels [T,S,S] of the left eye (dynamic classes are not used).
     Raises StageError(clip_id, 'poses', figures) when the poses cannot be trusted.

@@ -285,7 +285,7 @@ def video_clip_records(
                 calibration.fov_bounds,
             )
             left, right = rectify_clip(
-                template, video, config.pose_view_px, config.pose_view_hfov_deg
+                template, video, config.pose_view_px, config.pose_view_hfov_deg, grey=True
             )
             mark = time.perf_counter()
             poses = estimate_poses(left, right, clip_id, config=pose_config)

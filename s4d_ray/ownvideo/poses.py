@@ -66,8 +66,8 @@ class PoseConfig:
 
     corners: target number of live tracks; corner_quality: a corner's strength relative to
     the frame's strongest (low: strongly textured movers must not crowd out the static
-    scene's corners — at 0.01, five synthetic streets with large movers kept fewer than 25
-    static points in their first frame); min_distance_px: corner spacing; fb_threshold_px:
+    scene's corners — at 0.01, two of five synthetic streets with large movers kept 21–22
+    inliers in their first frame, under min_frame_inliers); min_distance_px: corner spacing; fb_threshold_px:
     LK forward-backward tolerance (tracking and stereo); max_stereo_dy_px: vertical disparity
     allowed on the rectified pair; min_disparity_px: the initialisation takes depth only from
     larger disparities (nearer than f·b/d), while the bundle uses every stereo match down to

@@ -559,13 +559,20 @@ def _bundle_problem(
     num_frames: int,
 ) -> BundleProblem:
     """The bundle over the observations of the `candidates` tracks (point i = candidates[i])."""
-    remap = np.full(tracks.num_tracks, -1)
-    remap[candidates] = np.arange(len(candidates))
-    obs = np.nonzero(remap[tracks.track] >= 0)[0]
+    point = _point_of_observations(tracks, candidates)
+    obs = np.nonzero(point >= 0)[0]
     return BundleProblem(
-        remap[tracks.track[obs]], tracks.frame[obs], tracks.left[obs], tracks.right[obs],
+        point[obs], tracks.frame[obs], tracks.left[obs], tracks.right[obs],
         k, config, num_frames, len(candidates),
     )  # fmt: skip
+
+
+def _point_of_observations(tracks: SparseTracks, candidates: np.ndarray) -> np.ndarray:
+    """The bundle point [M] of each observation of `tracks`: i where its track is
+    candidates[i], −1 where its track is not in the bundle."""
+    remap = np.full(tracks.num_tracks, -1)
+    remap[candidates] = np.arange(len(candidates))
+    return remap[tracks.track]
 
 
 def _biased_stereo(
@@ -581,9 +588,7 @@ def _biased_stereo(
     (within 4 px of an edge: +0.36 to +0.54 px median on synthetic clips, true depth), while
     the motion over a clip (~1 m against a 6.3 cm baseline) pins each point's depth far more
     tightly: such matches are dropped between the solves, their left observations kept."""
-    remap = np.full(tracks.num_tracks, -1)
-    remap[candidates] = np.arange(len(candidates))
-    point = remap[tracks.track]
+    point = _point_of_observations(tracks, candidates)
     seen = (point >= 0) & np.isfinite(tracks.right[:, 0])
     out = np.zeros(len(point), bool)
     idx = np.nonzero(seen)[0]

@@ -9,14 +9,19 @@ accuracy figures: relative eye-rotation error, median vertical disparity after c
     python -m benchmarks.bench_ownvideo [--out DIR] [--clips 2] [--frames 40] [--height 1024]
         [--tracks]   # + 3D track error of the whole pipeline with GT poses vs ours
         [--camera-speed M/S] [--mover-scale K] [--depth-scale K]   # the streets' shape
-    python -m benchmarks.bench_ownvideo --out DIR --large-seconds 4 [--large-shots 2]
-        # one 5760x2880 60 fps video prepared in a fresh process: peak memory, seconds
+    python -m benchmarks.bench_ownvideo --out DIR --large-seconds 60 [--large-shots 3]
+        [--large-run]   # one 5760x2880 60 fps video prepared in a fresh process: decodes,
+                        # peak memory, seconds; with --large-run also the whole job on it
+                        # (`s4d run --videos`): first clip written vs last shot cut, peak
+                        # memory of its read task and pose tasks, seconds per clip per stage,
+                        # and the projection for a 10-minute video
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import time
 import warnings
@@ -32,12 +37,11 @@ from s4d_ray.geometry.rectify import LowResolutionWarning
 from s4d_ray.io.clip_io import read_clip
 from s4d_ray.io.rectify import rectify_clip
 from s4d_ray.io.stereo_format import StereoFormat
-from s4d_ray.io.video import decode_frames_at, write_video
+from s4d_ray.io.video import sample_frames, write_video
 from s4d_ray.ownvideo.calibration import (
     Calibration,
     CalibrationConfig,
     calibrate_frames,
-    sample_timestamps,
     vertical_disparity_px,
 )
 from s4d_ray.ownvideo.clips import ClipConfig, split_video
@@ -131,8 +135,7 @@ def bench_clip(root: Path, truth_npz: Path, min_clip_frames: int, tracks: bool =
         clips, _ = split_video(video, truth.video_id, ClipConfig(min_clip_frames=min_clip_frames))
     out["split"] = {**t.figures(), "clips": len(clips)}
     with Timer() as t:
-        wanted = sample_timestamps(clips[0].timestamps, CalibrationConfig().frames)
-        frames = list(decode_frames_at(video, wanted))
+        frames, _ = sample_frames(video, CalibrationConfig().frames, truth.video_id)
         calibration = calibrate_frames(frames, truth.video_id)
     rig_truth = truth.rectified2rig.astype(np.float64)
     floor = vertical_disparity_px(
@@ -206,7 +209,8 @@ LARGE_HW = (2880, 5760)
 def render_large_video(out: Path, seconds: float, shots: int, fps: float, seed: int) -> str:
     """A 5760×2880 side-by-side video of `shots` streets (cut between them), `seconds` long at
     `fps`: each frame rendered at 360-line eyes and resampled exactly to 2880 (the equirect
-    geometry is unchanged; only the texture is soft), encoded ultrafast. Its URI."""
+    geometry is unchanged; only the texture is soft), encoded ultrafast with a keyframe every
+    second (as YouTube's files have). Its URI."""
     small = SynthConfig(height=360)
     fmt, small_hw = synth_format(small)
     # an equirect eye maps [0, w-1] onto its bounds: big pixel u is small pixel u·(w_s-1)/(w_b-1)
@@ -228,7 +232,7 @@ def render_large_video(out: Path, seconds: float, shots: int, fps: float, seed: 
             yield cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR)
 
     uri = str(out / "raw" / "large5k.mp4")
-    write_video(uri, frames(), fps=fps, preset="ultrafast")
+    write_video(uri, frames(), fps=fps, preset="ultrafast", keyframe_interval=int(round(fps)))
     return uri
 
 
@@ -273,12 +277,125 @@ def bench_large(out: Path, seconds: float, shots: int, fps: float, seed: int) ->
         estimate = Calibration.from_json(stored.read_text()).rectified2rig
         rig_error = round(relative_eye_rotation_error_deg(estimate, rig), 5)
     return {
-        "video": {"seconds": seconds, "fps": fps, "shots": shots, "size": list(LARGE_HW[::-1])},
+        "video": {
+            "seconds": seconds,
+            "fps": fps,
+            "shots": shots,
+            "size": list(LARGE_HW[::-1]),
+            "source_frames": int(round(seconds * fps / shots)) * shots,
+        },
         "render_s": round(t.wall, 1),
         "first_clip_written_s": round(written[0] - start, 1) if written else None,
         "relative_eye_rotation_error_deg": rig_error,
         **result,
     }
+
+
+RUN_LABELS = {"read": "ReadOwnVideos", "poses": "Map(poses)"}
+"""Ray task names (in their workers' command lines) whose memory the run benchmark samples."""
+
+
+def _sample_memory(peaks: dict[str, float], stop) -> None:
+    """Peak resident GiB of Ray workers running each task of `RUN_LABELS`, and of all Ray
+    processes together, sampled every 0.5 s until `stop` is set."""
+    import psutil
+
+    while not stop.is_set():
+        total = 0.0
+        for process in psutil.process_iter(["cmdline", "memory_info"]):
+            line = " ".join(process.info["cmdline"] or [])
+            if "ray" not in line or process.info["memory_info"] is None:
+                continue
+            rss = process.info["memory_info"].rss / 2**30
+            total += rss
+            for label, name in RUN_LABELS.items():
+                if name in line:
+                    peaks[label] = max(peaks.get(label, 0.0), rss)
+        peaks["all_ray_processes"] = max(peaks.get("all_ray_processes", 0.0), total)
+        stop.wait(0.5)
+
+
+def bench_large_run(out: Path, uri: str) -> dict:
+    """The whole job on the video at `uri` (`s4d run --videos`, a local Ray cluster, CPU
+    backends) in a subprocess: when its first clip's final npz and Parquet shard were written
+    against when the pass cut the video's last shot (the cut list's last write), the pass's
+    figures and decode counts (its outcome), seconds per clip per stage (summary.json), and
+    peak memory of its read task and pose tasks."""
+    import subprocess
+    import sys
+    import threading
+
+    videos, output = Path(uri).parent, out / "run"
+    shutil.rmtree(output, ignore_errors=True)
+    peaks: dict[str, float] = {}
+    stop = threading.Event()
+    sampler = threading.Thread(target=_sample_memory, args=(peaks, stop), daemon=True)
+    sampler.start()
+    start = time.time()
+    command = [sys.executable, "-m", "s4d_ray.cli", "run", "--videos", str(videos)]
+    result = subprocess.run(
+        [*command, "--output", str(output)], capture_output=True, text=True, check=False
+    )
+    wall = time.time() - start
+    stop.set()
+    sampler.join()
+    if result.returncode != 0:
+        raise RuntimeError(f"s4d run failed: {result.stderr[-3000:]}")
+    npz = sorted(p.stat().st_mtime for p in (output / "npz").glob("*.npz"))
+    shards = sorted(p.stat().st_mtime for p in (output / "parquet").rglob("*.parquet"))
+    last_cut = (output / "ownvideo" / "cuts" / "large5k.json").stat().st_mtime
+    outcome = json.loads((output / "ownvideo" / "videos" / "large5k.json").read_text())
+    summary = json.loads((output / "summary.json").read_text())
+    return {
+        "wall_s": round(wall, 1),
+        "first_npz_written_s": round(npz[0] - start, 1) if npz else None,
+        "first_parquet_written_s": round(shards[0] - start, 1) if shards else None,
+        "last_shot_cut_s": round(last_cut - start, 1),
+        "clips_done": summary["clips_done"],
+        "clips_failed": summary["clips_failed"],
+        "stage_seconds_per_clip": summary["stage_seconds_per_clip"],
+        "peak_rss_gib": {k: round(v, 2) for k, v in peaks.items()},
+        "pass": {k: v for k, v in outcome["figures"].items() if k != "clip_seconds"},
+    }
+
+
+def projection(large: dict, run: dict | None, minutes: float = 10.0) -> dict:
+    """PROJECTION (not measured): a `minutes`-long 5.7K60 video from the figures measured
+    here. Its pass is one task on one node, decoding at the measured source frames/s (one
+    decode thread); its clips (200 frames at 30 fps) are posed in tasks of their own on any
+    node, at the measured seconds per clip on one core."""
+    fps = large["video"]["fps"]
+    frames = minutes * 60 * fps
+    figures = large["figures"]
+    source_fps = figures["decodes"]["pass"]["decoded"] / max(
+        figures["pass_seconds"] - figures["calibration_ready_seconds"], 1e-9
+    )
+    clips = math.ceil(minutes * 60 * min(fps, 30) / 200)
+    pose_s = float(np.median([c["poses"] for c in figures["clip_seconds"].values()]))
+    pass_s = figures["calibration_ready_seconds"] + frames / source_fps
+    out = {
+        "NOTE": "projection from this machine's per-core figures, not a measurement",
+        "video_minutes": minutes,
+        "source_frames": int(frames),
+        "clips": clips,
+        "pass_s_one_decode_thread": round(pass_s),
+        "pose_core_s_total": round(clips * pose_s),
+    }
+    for nodes in (1, 8):
+        cores = 16 * nodes - 1  # one core holds the pass
+        out[f"{nodes}_node(s)_poses_done_after_pass_s"] = round(
+            max(0.0, clips * pose_s / cores - pass_s) + pose_s
+        )
+    if run is not None:
+        per_clip = sum(
+            v for k, v in run["stage_seconds_per_clip"].items() if k not in ("decode", "poses")
+        )
+        out["pipeline_core_s_per_clip_cpu_backends"] = round(per_clip, 1)
+        for nodes in (1, 8):
+            out[f"{nodes}_node(s)_pipeline_cpu_backends_s"] = round(
+                max(pass_s, clips * (per_clip + pose_s) / (16 * nodes - 1))
+            )
+    return out
 
 
 def main() -> None:
@@ -305,13 +422,22 @@ def main() -> None:
         "prepared in a fresh process: seconds per step, peak memory, first clip written",
     )
     parser.add_argument("--large-shots", type=int, default=3)
+    parser.add_argument(
+        "--large-run",
+        action="store_true",
+        help="with --large-seconds: also run the whole job on the video (local Ray)",
+    )
     parser.add_argument("--large-fps", type=float, default=60.0)
     args = parser.parse_args()
     warnings.simplefilter("ignore", LowResolutionWarning)
     root = Path(args.out)
     if args.large_seconds > 0:
         figures = bench_large(root, args.large_seconds, args.large_shots, args.large_fps, args.seed)
-        print(json.dumps(figures, indent=1))
+        print(json.dumps(figures, indent=1), flush=True)
+        run = bench_large_run(root, str(root / "raw" / "large5k.mp4")) if args.large_run else None
+        if run is not None:
+            print(json.dumps({"run": run}, indent=1), flush=True)
+        print(json.dumps({"projection": projection(figures, run)}, indent=1))
         return
     if not (root / "npz").exists():
         synth_dataset(

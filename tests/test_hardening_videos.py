@@ -178,7 +178,7 @@ def test_a_video_whose_times_make_no_clip_id_is_a_failure_not_a_crash(odd_videos
     outcome = prepare_video(odd_videos["far_start"], "far_start", str(tmp_path), config)
     assert outcome.npz_uris == []
     [failure] = outcome.failures
-    assert (failure.clip_id, failure.stage) == ("far_start", "clips")
+    assert (failure.clip_id, failure.stage) == ("far_start", "calibration")
     assert "far_start.mp4" in failure.message and "outside [0," in failure.message
     assert os.path.exists(tmp_path / "ownvideo" / "videos" / "far_start.json")  # not redone
 
@@ -195,11 +195,11 @@ def test_frame_times_that_no_clip_can_use_are_refused(pts, previous, message):
     import av
     import numpy as np
 
-    from s4d_ray.ownvideo.clips import _checked_time
+    from s4d_ray.io.video import checked_time_us
 
     frame = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
     frame.pts = pts
     with pytest.raises(ValueError, match=message):
-        _checked_time(frame, Fraction(1, 30), previous, "'v.mp4': frame 0")
+        checked_time_us(frame, Fraction(1, 30), previous, "'v.mp4': frame 0")
     frame.pts = 30
-    assert _checked_time(frame, Fraction(1, 30), None, "'v.mp4': frame 0") == 1_000_000
+    assert checked_time_us(frame, Fraction(1, 30), None, "'v.mp4': frame 0") == 1_000_000

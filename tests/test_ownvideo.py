@@ -13,6 +13,7 @@ from scipy.spatial.transform import Rotation
 from s4d_ray.errors import StageError
 from s4d_ray.geometry.camera import intrinsics
 from s4d_ray.geometry.pose_metrics import ate_se3, ate_sim3, relative_eye_rotation_error_deg
+from s4d_ray.geometry.stereo_format import StereoFormat
 from s4d_ray.io.clip_io import read_clip
 from s4d_ray.ownvideo.calibration import (
     Calibration,
@@ -41,7 +42,16 @@ from s4d_ray.ownvideo.poses import (
     estimate_poses,
     poses_from_tracks,
 )
-from s4d_ray.ownvideo.prepare import OwnVideoConfig, outcome_uri, prepare_video
+from s4d_ray.ownvideo.prepare import (
+    CutList,
+    OwnVideoConfig,
+    PreparedClip,
+    PreparedFailure,
+    cut_list_uri,
+    outcome_uri,
+    prepare_video,
+    prepared_clips,
+)
 from s4d_ray.synthetic.synth import make_texture
 from tests.ownvideo_inputs import make_bad_videos
 
@@ -73,8 +83,12 @@ def test_clips_split_at_cuts_skip_repeats_and_respect_lengths() -> None:
     assert clips[1].first_timestamp_us == PERIOD_US * 53  # the cut is where shot B starts
     repeats = PERIOD_US * np.array([20, 21, 22])
     assert not np.isin(repeats, clips[0].timestamps).any()
+    # cut while the frames arrive: a run gives up 20 frames when it reaches 20 + 10, so no
+    # more than 30 frames are ever held; shot A's last 10 frames still make a clip
     short = split_clips(scan, ClipConfig(analysis_size=128, min_clip_frames=10, max_clip_frames=20))
-    assert [c.timestamps.size for c in short] == [17, 17, 16, 20, 20]
+    assert [c.timestamps.size for c in short] == [20, 20, 10, 20, 20]
+    tail = split_clips(scan, ClipConfig(analysis_size=128, min_clip_frames=10, max_clip_frames=45))
+    assert [c.timestamps.size for c in tail] == [25, 25, 40]  # 50 > 45: two halves
 
 
 @pytest.mark.parametrize(
@@ -318,7 +332,7 @@ def test_calibration_is_stored_and_reused(prepared: dict) -> None:
     stored = Calibration.from_json(Path(calibration_uri(str(out), video.stem)).read_text())
     assert stored.median_vertical_px < stored.before_px
     # a re-run never touches the video: a missing file would fail if it were decoded again
-    again = calibrate_video(str(video.with_name("absent.mp4")), video.stem, np.zeros(1), str(out))
+    again = calibrate_video(str(video.with_name("absent.mp4")), video.stem, str(out))
     np.testing.assert_array_equal(again.rectified2rig, stored.rectified2rig)
     rerun = prepare_video(str(video.with_name("absent.mp4")), video.stem, str(out))
     assert rerun.npz_uris == prepared["outcome"].npz_uris
@@ -365,6 +379,85 @@ def test_a_video_killed_midway_resumes_with_only_its_missing_clips(
     rescan = prepare_video(absent, video.stem, str(out), other)  # new clip settings: cut again
     assert rescan.figures["cut_list_reused"] is False and rescan.npz_uris == []
     assert [f.stage for f in rescan.failures] == ["probe"]
+
+
+@pytest.mark.slow  # a 60 fps video calibrated and posed: ~15 s CPU
+def test_one_pass_decodes_each_frame_once_and_hands_on_each_clip_as_it_is_cut(
+    tmp_path: Path,
+) -> None:
+    """A 60 fps video read at 30 fps: the pass decodes each of its frames once and converts
+    only the kept ones to RGB (calibration reads keyframes apart, grey); the first clip comes
+    out before the video's last clip is cut, with the pipeline's views made from the pass's
+    own frames — the same pixels the decode stage gets by decoding the clip again."""
+    import av
+
+    from s4d_ray.geometry.camera import RELEASE_CAMERA
+    from s4d_ray.io.rectify import rectify_clip
+    from s4d_ray.io.video_lookup import RawVideo
+    from s4d_ray.synthetic.synth import SynthConfig, synth_clip
+
+    synth_clip(str(tmp_path / "s"), SynthConfig(clips=1, frames=40, height=512, fps=60), 0)
+    video = next((tmp_path / "s" / "raw").glob("*.mp4"))
+    with av.open(str(video)) as container:
+        source_frames = sum(1 for _ in container.decode(video=0))
+    out = str(tmp_path / "out")
+    config = OwnVideoConfig(clips=ClipConfig(min_clip_frames=6, max_clip_frames=10))
+    figures: dict = {}
+    items = prepared_clips(str(video), video.stem, out, config, figures, camera=RELEASE_CAMERA)
+    first = next(items)
+    assert isinstance(first, PreparedClip)
+    cuts = CutList.from_json(Path(cut_list_uri(out, video.stem)).read_text())
+    assert not cuts.complete and len(cuts.clips) == 1  # the rest not cut yet
+    rest = list(items)
+    assert all(isinstance(item, PreparedClip) for item in rest) and len(rest) >= 2
+    decodes = figures["decodes"]
+    assert decodes["pass"]["decoded"] == source_frames
+    kept = sum(
+        c.timestamps.size
+        for c in CutList.from_json(Path(cut_list_uri(out, video.stem)).read_text()).clips
+    )
+    assert decodes["pass"]["rgb"] == (source_frames + 1) // 2 >= kept  # 30 of each 60 a second
+    assert decodes["calibration"]["rgb"] == 0
+    assert np.diff(first.record.timestamps).min() >= 33_000  # read at 30 fps
+
+    again = rectify_clip(first.record, RawVideo(str(video), StereoFormat()))
+    assert first.left.shape == again[0].shape == (first.record.num_frames, 512, 512, 3)
+    for mine, theirs in ((first.left, again[0]), (first.right, again[1])):
+        difference = np.abs(mine.astype(int) - theirs)
+        assert difference.mean() < 0.05 and np.percentile(difference, 99.9) <= 2  # float32 rig
+
+
+@pytest.mark.slow  # two clips calibrated and posed, then one again: ~15 s CPU
+def test_a_pass_killed_mid_video_is_rerun_with_the_same_cuts(synth_dir: Path, tmp_path: Path):
+    """Killed after its first clip (the cut list not complete): the re-run decodes the video
+    again from its start, cuts it the same way, keeps the clip written and poses the rest."""
+    video = sorted((synth_dir / "raw").glob("*.mp4"))[0]
+    out = tmp_path / "out"
+    config = OwnVideoConfig(clips=ClipConfig(min_clip_frames=5, max_clip_frames=9))
+    items = prepared_clips(str(video), video.stem, str(out), config)
+    first = next(items)
+    items.close()  # the task dies here
+    written = out / "ownvideo" / "npz" / f"{first.record.name}.npz"
+    stat = written.stat()
+    cuts = CutList.from_json(Path(cut_list_uri(str(out), video.stem)).read_text())
+    assert not cuts.complete and not Path(outcome_uri(str(out), video.stem)).exists()
+
+    rerun = prepare_video(str(video), video.stem, str(out), config)
+    assert rerun.failures == [] and len(rerun.npz_uris) == 2
+    assert rerun.figures["cut_list_reused"] is True
+    assert rerun.figures["clips_kept_from_earlier_run"] == 1
+    assert written.stat().st_mtime_ns == stat.st_mtime_ns
+    assert Path(rerun.npz_uris[0]).stem == first.record.name
+    assert CutList.from_json(Path(cut_list_uri(str(out), video.stem)).read_text()).complete
+
+
+def test_a_video_past_its_time_limit_is_one_failure(synth_dir: Path, tmp_path: Path) -> None:
+    video = sorted((synth_dir / "raw").glob("*.mp4"))[0]
+    config = OwnVideoConfig(clips=ClipConfig(min_clip_frames=8), timeout_s=1e-3)
+    (failure,) = list(prepared_clips(str(video), video.stem, str(tmp_path), config))
+    assert isinstance(failure, PreparedFailure) and failure.clip_id == video.stem
+    assert (failure.stage, failure.error_type) == ("prepare", "VideoTimeoutError")
+    assert "--video-timeout-s" in failure.message
 
 
 def test_bad_videos_are_one_failure_each(synth_dir: Path, tmp_path: Path) -> None:

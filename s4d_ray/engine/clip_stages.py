@@ -46,8 +46,9 @@ from s4d_ray.engine.rows import (
 )
 from s4d_ray.errors import S4DError, StageError
 from s4d_ray.geometry.camera import RELEASE_CAMERA, STEREO_BASELINE_M, RectifiedCamera, invert_poses
+from s4d_ray.geometry.stereo_format import StereoFormat
 from s4d_ray.io import fs
-from s4d_ray.io.clip_io import MAX_NPZ_BYTES, npz_stem, read_clip
+from s4d_ray.io.clip_io import MAX_NPZ_BYTES, ClipRecord, npz_stem, read_clip
 from s4d_ray.io.dense import encode_depth, encode_frames
 from s4d_ray.io.ids import validate_clip_id
 from s4d_ray.io.rectify import RectifiedVideoIndex, rectify_clip
@@ -154,6 +155,23 @@ def decode_and_rectify(
                 f"clip {clip_id!r}: rectified videos differ in shape: {left.shape} vs {right.shape}"
             )
         check_rectified_size(left.shape[2], left.shape[1], clip_id, camera)
+    return set_decoded(row, record, camera, fmt, left, right, dense)
+
+
+def set_decoded(
+    row: ClipRow,
+    record: ClipRecord,
+    camera: RectifiedCamera,
+    fmt: StereoFormat | None,
+    left: np.ndarray,
+    right: np.ndarray,
+    dense: bool = False,
+) -> ClipRow:
+    """Put what the decode stage adds on `row`: the record's columns, the clip's `camera`,
+    the video's format (JSON, or empty) and its rectified frames (left, right [T,S,S,3]
+    uint8); with `dense`, also the frames as mp4 bytes (`dense_left`, `dense_right`; empty
+    otherwise). Shared by the decode stage and the own-video source, which makes the frames
+    in its one pass over the video."""
     row.update(
         video_id=record.video_id,
         timestamps=record.timestamps.astype(np.int64),

@@ -1,7 +1,7 @@
 """The main job's command line, shared by `jobs/process_clips.py` (`ray job submit`) and `s4d run`.
 
-The command layer composes what the engine does not know: own videos prepared into release
-clips first (`s4d_ray.ownvideo`), then the pipeline, then the run report (`s4d_ray.viz`).
+The command layer composes what the engine does not know: the flags (own-video settings
+among them), the pipeline, then the run report (`s4d_ray.viz`).
 """
 
 from __future__ import annotations
@@ -16,11 +16,15 @@ import threading
 from s4d_ray.argtypes import Command, float_range, int_range
 from s4d_ray.engine.config import BACKENDS, PipelineConfig, load_config
 from s4d_ray.engine.pipeline import RunSummary, TooManyFailuresError, output_guard, run_clips
-from s4d_ray.engine.ray_connect import ensure_ray
 from s4d_ray.errors import InputError
-from s4d_ray.io.writer import ClipFailure
-from s4d_ray.ownvideo.distributed import own_video_config, prepare_videos
-from s4d_ray.ownvideo.prepare import VIDEO_TASK_CPUS, VIDEO_TIMEOUT_S, OwnVideoConfig
+from s4d_ray.ownvideo.clips import ClipConfig
+from s4d_ray.ownvideo.prepare import (
+    POSE_TASK_CPUS,
+    VIDEO_TASK_CPUS,
+    VIDEO_TIMEOUT_S,
+    OwnVideoConfig,
+)
+from s4d_ray.ownvideo.source import OwnVideoSource
 
 log = logging.getLogger("s4d_ray.engine.command")
 
@@ -62,26 +66,34 @@ def run_job(
     limit: int | None = None,
     own_videos: OwnVideoConfig | None = None,
 ) -> RunSummary:
-    """The whole job under the output's guard (paths checked, lease held): with `own_videos`
-    (and no `npz`), every video under `videos` is first split, calibrated and posed in Ray
-    tasks and the prepared clips are run, videos that could not be prepared becoming failure
-    rows; then the pipeline (`engine.pipeline.run_clips`); then OUTPUT/report.html, also
-    when the run aborts for too many failures."""
+    """The whole job under the output's guard (paths checked, lease held): the pipeline
+    (`engine.pipeline.run_clips`; with `own_videos` and no `npz`, every video under `videos`
+    is its source, one decode pass per video), then OUTPUT/report.html, also when the run
+    aborts for too many failures."""
     with output_guard(output, {"--npz": npz, "--videos": videos, "--rectified": rectified}):
-        failures: list[ClipFailure] = []
-        if own_videos is not None:  # own-video mode: videos -> posed release clips first
-            connected = ensure_ray()
-            if connected:
-                log.info("Ray: %s", connected)
-            prepared = prepare_videos(videos, output, own_videos)
-            npz, failures = prepared.npz_folder, prepared.failures
         try:
-            summary = run_clips(npz, output, config, videos, rectified, limit, failures)
+            source = OwnVideoSource(videos, output, own_videos, config) if own_videos else None
+            summary = run_clips(npz, output, config, videos, rectified, limit, source)
         except TooManyFailuresError:
             write_run_report(output)
             raise
         write_run_report(output)
         return summary
+
+
+def own_video_config(
+    min_clip_frames: int = 32,
+    max_clip_frames: int = 200,
+    timeout_s: float = VIDEO_TIMEOUT_S,
+    fps: float = 0.0,
+    task_cpus: float = VIDEO_TASK_CPUS,
+    pose_cpus: float = POSE_TASK_CPUS,
+) -> OwnVideoConfig:
+    """Own-video settings from the job's flags (`fps` 0: the source rate, at most 30)."""
+    clips = ClipConfig(min_clip_frames=min_clip_frames, max_clip_frames=max_clip_frames, fps=fps)
+    return OwnVideoConfig(
+        clips=clips, timeout_s=timeout_s, task_cpus=task_cpus, pose_cpus=pose_cpus
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,6 +130,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=VIDEO_TASK_CPUS,
         help="own videos: logical CPUs each video's task holds; FFmpeg decodes with as many "
         "threads (at least one). Default 0.5: one thread, two videos per core",
+    )
+    parser.add_argument(
+        "--pose-cpus",
+        type=float_range(0.1, 256),
+        default=POSE_TASK_CPUS,
+        help="own videos: logical CPUs each clip's pose task holds (clips are posed in Ray "
+        "tasks of their own, on any node, while their video's pass goes on)",
     )
     parser.add_argument(
         "--video-timeout-s",
@@ -181,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
             args.video_timeout_s,
             args.fps,
             args.video_cpus,
+            args.pose_cpus,
         )
     summary = run_job(
         args.npz, args.output, config, args.videos, args.rectified, args.limit, own_videos

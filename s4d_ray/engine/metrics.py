@@ -3,7 +3,9 @@ metrics endpoint (`ray start --metrics-export-port`) while the job runs, and sho
 dashboard's Metrics view when Prometheus/Grafana are attached.
 
     s4d_clips_completed, s4d_clips_failed{stage}, s4d_frames_processed,
-    s4d_tracks_processed, s4d_stage_seconds{stage} (histogram)
+    s4d_tracks_processed, s4d_stage_seconds{stage} (histogram),
+    s4d_video_frames_decoded{video_id}, s4d_video_clips_cut{video_id},
+    s4d_video_clips_posed{video_id} (own videos: each video's pass as it goes)
 """
 
 from __future__ import annotations
@@ -13,6 +15,12 @@ from functools import cache
 from typing import Any
 
 STAGE_SECONDS_BOUNDARIES = [0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600]
+VIDEO_PROGRESS = (
+    ("frames", "frames_decoded", "frames decoded by the pass"),
+    ("cut", "clips_cut", "clips cut"),
+    ("posed", "clips_posed", "clips posed"),
+)
+"""(what `ownvideo.prepare` reports, metric name, description) of the per-video counters."""
 
 
 @cache
@@ -32,6 +40,14 @@ def _metrics() -> dict[str, Any]:
             boundaries=STAGE_SECONDS_BOUNDARIES,
             tag_keys=("stage",),
         ),
+        **{
+            f"video_{what}": metrics.Counter(
+                f"s4d_video_{name}",
+                description=f"own videos: {description}, per video",
+                tag_keys=("video_id",),
+            )
+            for what, name, description in VIDEO_PROGRESS
+        },
     }
 
 
@@ -52,6 +68,12 @@ def record_clip_written(num_frames: int, num_tracks: int) -> None:
     for name, value in (("frames", num_frames), ("tracks", num_tracks)):
         if value > 0:  # Ray counters refuse increments of 0
             m[name].inc(value)
+
+
+def record_video_progress(video_id: str, what: str, amount: int) -> None:
+    """Count `amount` of `what` ("frames", "cut", "posed") for one own video's pass."""
+    if amount > 0:
+        _metrics()[f"video_{what}"].inc(amount, tags={"video_id": video_id})
 
 
 def record_clip_failed(stage: str) -> None:

@@ -9,7 +9,8 @@ operator per entry of the stage list.
 `run_pipeline` = `output_guard` (path checks and the output's lease) around `run_clips`:
 skip the clips already complete (`resume`), stream the others through the graph, write
 `summary.json` and the one failures table. The command layer composes it with what comes
-before and after (own videos prepared first, the report after: `engine.command.run_job`).
+before and after (own videos as the graph's clip source, the report after:
+`engine.command.run_job`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from s4d_ray.engine.clip_stages import input_rows
-from s4d_ray.engine.config import PipelineConfig, config_to_dict
+from s4d_ray.engine.config import PipelineConfig, StageResources, config_to_dict
 from s4d_ray.engine.preflight import (
     check_cluster_resources,
     check_paths,
@@ -45,22 +46,71 @@ from s4d_ray.io.writer import ClipFailure
 log = logging.getLogger("s4d_ray.engine.pipeline")
 
 
+SOURCE_TASK_RETRIES = 2
+"""How often a clip source's read task (one own video) is run again after its worker or
+node died."""
+
+
+@dataclass
+class SourcePlan:
+    """What a clip source reads this run: a `ray.data.Datasource` whose rows are clips (after
+    the source's `stages`, in the decode stage's output schema; None: nothing left to read),
+    its read tasks' count and CPUs,
+    the failures known before reading (reported with the run's) and the stages of its own."""
+
+    datasource: Any | None
+    tasks: int
+    task_cpus: float
+    failures: list[ClipFailure] = field(default_factory=list)
+    stages: tuple[tuple[StageSpec, StageResources], ...] = ()
+    """Stages run on the source's rows before the stage list's (own videos: `poses`), each
+    with its resources."""
+
+
+class ClipSource(Protocol):
+    """Clips made by their source rather than listed as npz files (own videos:
+    `ownvideo.source.OwnVideoSource`): it decodes them itself, so it takes the decode stage's
+    place in the graph."""
+
+    def plan(self, completed: set[str]) -> SourcePlan:
+        """What to read, given the clip ids complete under the output."""
+        ...
+
+
 class TooManyFailuresError(JobAbortedError):
     """More clips failed than `max_failure_fraction` allows: likely a systemic error."""
 
 
 def build_dataset(
-    rows: list[Row], config: PipelineConfig, output: str, stages: Sequence[StageSpec] = STAGES
+    rows: list[Row],
+    config: PipelineConfig,
+    output: str,
+    stages: Sequence[StageSpec] = STAGES,
+    source: SourcePlan | None = None,
 ):
     """The streamed dataset of the whole pipeline, one operator per entry of `stages`;
-    iterating it yields one summary row per clip (the write stage's output)."""
+    iterating it yields one summary row per clip (the write stage's output). With `source`
+    (own videos), the clips come from its read tasks instead of `rows`, already decoded: the
+    source takes the decode stage's place."""
     import ray.data
     from ray.data import ActorPoolStrategy, Dataset
 
-    job = Job(config, output, run_id=uuid.uuid4().hex)
-    ds: Dataset = ray.data.from_items(rows, override_num_blocks=max(len(rows), 1))
+    own = {spec.name: res for spec, res in source.stages} if source else {}
+    job = Job(config, output, run_id=uuid.uuid4().hex, source_resources=own)
+    ds: Dataset
+    if source is not None:
+        ds = ray.data.read_datasource(
+            source.datasource,
+            override_num_blocks=max(source.tasks, 1),
+            # retried when its node is lost; the key also keeps Ray Data from fusing a long
+            # read (a video's pass) into the first model's actors (fusion needs equal args)
+            ray_remote_args={"num_cpus": source.task_cpus, "max_retries": SOURCE_TASK_RETRIES},
+        )
+        stages = [spec for spec, _ in source.stages] + [s for s in stages if s.name != "decode"]
+    else:
+        ds = ray.data.from_items(rows, override_num_blocks=max(len(rows), 1))
     for spec in stages:
-        res = config.resources(spec.name)
+        res = job.resources(spec.name)
         options: dict[str, Any] = {"num_cpus": res.num_cpus}
         if res.custom_resources:
             options["resources"] = dict(res.custom_resources)
@@ -185,24 +235,28 @@ def run_clips(
     videos: str = "",
     rectified: str = "",
     limit: int | None = None,
-    extra_failures: Sequence[ClipFailure] = (),
+    source: ClipSource | None = None,
 ) -> RunSummary:
     """The run, under the output's guard (`output_guard`): the clips of `npz` not yet
-    complete through the Ray Data graph; then `summary.json` and the failures table, with
-    `extra_failures` (inputs that failed before the run, e.g. own videos that could not be
-    prepared). With `extra_failures`, an `npz` folder without clips is an empty run, not an
-    error.
+    complete through the Ray Data graph — or, with `source`, the clips it makes (own videos:
+    cut, posed and decoded in one pass per video); then `summary.json` and the failures
+    table.
 
     Uses Ray as `ray_connect.connect_ray` finds it (initialised, `RAY_ADDRESS`, a live local
     cluster) or starts a local one, and logs which. Raises TooManyFailuresError when the
     failure fraction exceeds the configured limit (after the outputs so far are written).
     """
     start = time.perf_counter()
-    if extra_failures and not fs.list_files(npz, ".npz"):
-        plan = RunPlan([], [], completed_clip_ids(output, config))  # no usable clip
+    read: SourcePlan | None = None
+    failures: list[ClipFailure] = []
+    if source is not None:
+        completed = completed_clip_ids(output, config)
+        read = source.plan(completed)
+        failures += read.failures
+        rows, rejected = [], []
     else:
-        plan = plan_run(npz, output, videos, rectified, limit, config)
-    rows, rejected, completed = plan.rows, plan.rejected, plan.completed
+        planned = plan_run(npz, output, videos, rectified, limit, config)
+        rows, rejected, completed = planned.rows, planned.rejected, planned.completed
     summary = RunSummary(
         clips_skipped=len(completed), backend=config.backend, config=config_to_dict(config)
     )
@@ -218,13 +272,16 @@ def run_clips(
     # a GPU stage on a GPU-less cluster, or pools that leave no CPU for decode, wait forever
     check_cluster_resources(config, frozenset(spec.name for spec in STAGES if spec.pooled))
 
-    failures = [clip_failure(row) for row in rejected] + list(extra_failures)
+    failures = [clip_failure(row) for row in rejected] + failures
     stage_seconds: Counter[str] = Counter()
     stage_counts: Counter[str] = Counter()
     track_totals: Counter[str] = Counter()
     aborted: TooManyFailuresError | None = None
-    if rows:
-        for clip in _clips_out(build_dataset(rows, config, output)):
+    if rows or (read and read.datasource is not None):
+        dataset = build_dataset(rows, config, output, source=read)
+        if read is not None and limit is not None:
+            dataset = dataset.limit(limit)
+        for clip in _clips_out(dataset):
             if clip["status"] == "done":
                 completed.add(str(clip["clip_id"]))  # every output format has it
                 summary.clips_done += 1
@@ -249,10 +306,10 @@ def run_clips(
                 break
     summary.clips_failed = len(failures)
     summary.failures_by_stage = dict(Counter(f.stage for f in failures))
+    order = [spec.name for spec in STAGES if stage_counts[spec.name]]
+    order += sorted(set(stage_counts) - set(order))  # a source's own, e.g. own videos' `poses`
     summary.stage_seconds_per_clip = {
-        stage: round(stage_seconds[stage] / stage_counts[stage], 4)
-        for stage in [spec.name for spec in STAGES]
-        if stage_counts[stage]
+        stage: round(stage_seconds[stage] / stage_counts[stage], 4) for stage in order
     }
     summary.track_counts = with_ratios(track_totals)
     summary.wall_seconds = round(time.perf_counter() - start, 3)

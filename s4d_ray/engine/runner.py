@@ -73,7 +73,7 @@ def worker_placement(stage: str, job: Job) -> dict[str, Any]:
         node_id=node_id,
         node_ip=node_ip,
         worker=context.get_actor_id() or f"task pid {os.getpid()}",
-        num_gpus=job.config.resources(stage).num_gpus,
+        num_gpus=job.resources(stage).num_gpus,
     )
     if record["cpu_fallback"]:
         log.warning(
@@ -276,7 +276,7 @@ def serve(
     (before this call, or after this one has returned its rows) and the cap on clips that
     have left workers stuck (see the module docstring)."""
     exit_if_stuck()
-    timeout_s = job.config.resources(spec.name).timeout_s
+    timeout_s = job.resources(spec.name).timeout_s
     if spec.kind != REDUCER and not failed(item):
         count = stuck_count(job.run_id, str(item["clip_id"]))
         if count >= STUCK_LIMIT:

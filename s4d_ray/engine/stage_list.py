@@ -20,7 +20,7 @@ Adding a stage = one `StageSpec` here + its transform in `clip_stages` + its row
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -38,12 +38,19 @@ TASK, ACTOR, REDUCER = "task", "actor", "reducer"
 
 @dataclass(frozen=True)
 class Job:
-    """What a stage may need besides its clip: the run's configuration and output root, and
-    the id of the run (one per Ray dataset; empty in process) that its workers share."""
+    """What a stage may need besides its clip: the run's configuration and output root, the
+    id of the run (one per Ray dataset; empty in process) that its workers share, and the
+    resources of stages a clip source brings (`pipeline.SourcePlan.stages`)."""
 
     config: PipelineConfig
     output: str
     run_id: str = ""
+    source_resources: dict[str, StageResources] = field(default_factory=dict)
+
+    def resources(self, stage: str) -> StageResources:
+        """The stage's resources: a source stage's own, else the configuration's."""
+        own = self.source_resources.get(stage)
+        return own if own is not None else self.config.resources(stage)
 
 
 def job_context(job: Job) -> Job:

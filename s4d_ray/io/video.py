@@ -70,6 +70,15 @@ class VideoInfo:
     duration_us: int | None
 
 
+@dataclass
+class DecodeCount:
+    """Frames a video pass decoded, and how many of them it converted to full-resolution
+    RGB (the benchmark's "each source frame decoded once, converted at most once")."""
+
+    decoded: int = 0
+    rgb: int = 0
+
+
 def _open(uri: str):
     """Open a local path directly, anything else through fsspec as a seekable file object."""
     if fs.is_local(uri):
@@ -133,14 +142,19 @@ def probe_video(uri: str, clip_id: str = "", stage: str = "decode") -> VideoInfo
 
 
 def decode_frames_at(
-    uri: str, timestamps_us: np.ndarray, clip_id: str = "", stage: str = "decode"
+    uri: str,
+    timestamps_us: np.ndarray,
+    clip_id: str = "",
+    stage: str = "decode",
+    tally: DecodeCount | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield the RGB frames [H,W,3] uint8 whose times best match `timestamps_us` (increasing).
 
     A wanted timestamp t matches the decoded frame at time f with f - P/2 <= t < f + P/2 (P the
     frame period), in exact rational arithmetic: a timestamp exactly halfway between two frames
     takes the later one, as OpenCV's seek to frame round(t·fps) (half up) does in the
-    reference. One seek to the first timestamp, then sequential decoding. Raises VideoError if
+    reference. One seek to the first timestamp, then sequential decoding (counted in `tally`).
+    Raises VideoError if
     the video ends before the last timestamp, a frame is missing, or the stream is corrupt.
     """
     wanted = np.asarray(timestamps_us, dtype=np.int64)
@@ -158,6 +172,8 @@ def decode_frames_at(
         last_time = None
         try:
             for frame in container.decode(stream):
+                if tally is not None:
+                    tally.decoded += 1
                 if frame.pts is None:
                     continue
                 time = frame.pts * base  # s, exact
@@ -172,6 +188,8 @@ def decode_frames_at(
                         )
                     if image is None:
                         image = frame.to_ndarray(format="rgb24")
+                        if tally is not None:
+                            tally.rgb += 1
                     yield image
                     index += 1
                 if index >= wanted.size:
@@ -208,6 +226,80 @@ def decode_first_frames(
     raise VideoError(label, stage, f"{uri!r} has {len(frames)} frames, the clip needs {count}")
 
 
+def checked_time_us(frame: av.VideoFrame, base: Fraction, previous: int | None, where: str) -> int:
+    """The frame's time in µs, refusing what would make clip timestamps lie: no time at all
+    (a raw elementary stream), a negative or over-15-digit time (the clip id's field), or a
+    time not after the previous frame's (duplicate or reordered presentation times)."""
+    if frame.pts is None:
+        raise ValueError(
+            f"{where} has no presentation time (a raw stream?): remux it into MP4 or Matroska"
+        )
+    time_us = int(round(float(frame.pts * base) * 1_000_000))
+    if not 0 <= time_us <= MAX_TIMESTAMP_US:
+        raise ValueError(
+            f"{where} is at {time_us} µs, outside [0, {MAX_TIMESTAMP_US}] (a negative start "
+            "offset? remux with `ffmpeg -i IN -c copy -avoid_negative_ts make_zero OUT`)"
+        )
+    if previous is not None and time_us <= previous:
+        raise ValueError(
+            f"{where} is at {time_us} µs, not after the previous frame's {previous} µs "
+            "(duplicate or out-of-order frame times)"
+        )
+    return time_us
+
+
+def sample_frames(
+    uri: str, count: int, label: str = "", stage: str = "decode", tally: DecodeCount | None = None
+) -> tuple[list[np.ndarray], str]:
+    """About `count` grey frames [H,W] uint8 spread over the whole video, and how they were
+    read: "keyframes" — the keyframe at or before each of `count` times spread evenly over
+    the stream's duration, each decoded on its own after a seek (a keyframe needs no other
+    frame; a 10-minute video is not decoded through) — or, when those give fewer than
+    count // 3 distinct frames (one keyframe every few hundred frames) or the video is short
+    (at most 4 × count frames), "sequential": every k-th frame of one pass, k doubling as the video goes on so at most
+    2 × count frames are ever held. Grey straight from the decoder: no RGB conversion."""
+    tally = tally if tally is not None else DecodeCount()
+    with open_video_stream(uri, label, stage) as (container, stream):
+        start = stream.start_time or 0
+        frames: dict[int, np.ndarray] = {}
+        rate = float(stream.average_rate or stream.guessed_rate or 30)
+        duration_s = float(stream.duration * stream.time_base) if stream.duration else 0.0
+        try:
+            if duration_s * rate > 4 * count:  # else a short video: read through at once
+                for i in range(count):
+                    target = start + int((i + 0.5) * stream.duration / count)
+                    container.seek(target, stream=stream, backward=True, any_frame=False)
+                    frame = next(container.decode(stream), None)
+                    if frame is None or frame.pts is None:
+                        continue
+                    tally.decoded += 1
+                    checked_time_us(frame, stream.time_base, None, f"{uri!r}: a keyframe")
+                    if frame.pts not in frames:
+                        frames[frame.pts] = frame.to_ndarray(format="gray")
+            if len(frames) >= max(2, count // 3):
+                return [frames[pts] for pts in sorted(frames)], "keyframes"
+            container.seek(start, stream=stream, backward=True, any_frame=False)
+            kept: list[np.ndarray] = []
+            stride = 1
+            previous = None
+            for index, frame in enumerate(container.decode(stream)):
+                tally.decoded += 1
+                previous = checked_time_us(
+                    frame, stream.time_base, previous, f"{uri!r}: frame {index}"
+                )
+                if index % stride:
+                    continue
+                kept.append(frame.to_ndarray(format="gray"))
+                if len(kept) >= 2 * count:
+                    kept, stride = kept[::2], 2 * stride
+        except av.FFmpegError as e:
+            raise VideoError(label or uri, stage, f"corrupt video {uri!r}: {e}") from e
+        except ValueError as e:
+            raise VideoError(label or uri, stage, str(e)) from None
+    chosen = np.unique(np.round(np.linspace(0, len(kept) - 1, min(count, len(kept)))))
+    return [kept[int(i)] for i in chosen], "sequential"
+
+
 def write_video(
     uri: str,
     frames: Iterable[np.ndarray],
@@ -217,11 +309,14 @@ def write_video(
     muxer: str = "mp4",
     stream_metadata: dict[str, str] | None = None,
     preset: str = "",
+    keyframe_interval: int = 0,
 ) -> int:
     """Encode RGB frames [H,W,3] uint8 (yuv420p; H.264 in mp4 by default, any FFmpeg
     `codec` and `muxer`, e.g. libvpx-vp9 in webm) at `uri` (any fsspec URI, atomic), with
     `stream_metadata` tags on the video stream (Matroska maps `stereo_mode` to StereoMode);
-    `preset`: the x264 speed preset (e.g. "ultrafast" for 5.7K test videos; default medium).
+    `preset`: the x264 speed preset (e.g. "ultrafast" for 5.7K test videos; default medium);
+    `keyframe_interval`: at most this many frames between keyframes (0: the codec's default,
+    250 for x264; YouTube's files have one every 1–5 s).
 
     Returns the number of frames written.
     """
@@ -248,6 +343,8 @@ def write_video(
                     "deadline": "realtime",
                     "cpu-used": "8",
                 }
+            if keyframe_interval:
+                stream.codec_context.gop_size = keyframe_interval
             stream.metadata.update(stream_metadata or {})
             for image in frames:
                 if count == 0:

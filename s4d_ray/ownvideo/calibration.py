@@ -53,12 +53,12 @@ from s4d_ray.geometry.vr180 import (
 )
 from s4d_ray.io import fs
 from s4d_ray.io.stereo_format import StereoFormat, as_bounds
-from s4d_ray.io.video import decode_frames_at
+from s4d_ray.io.video import DecodeCount, sample_frames
 
 log = logging.getLogger(__name__)
 
 STAGE = "calibration"
-CALIBRATION_VERSION = "ownvideo-calib-3"
+CALIBRATION_VERSION = "ownvideo-calib-4"
 LK_PARAMS: dict[str, Any] = {
     "winSize": (21, 21),
     "maxLevel": 3,
@@ -131,8 +131,8 @@ class Calibration:
     median (px) after each solve; field_scale: the factor on the assumed field of view
     that best explains the matches (1 when the geometry is right); field_scale_spread: its
     standard deviation over groups of frames (large: the estimate is not to be trusted, the
-    check is skipped); video_format: the
-    StereoFormat calibrated (JSON).
+    check is skipped); video_format: the StereoFormat calibrated (JSON); sampling: how
+    the frames were read ("keyframes" or "sequential", `io.video.sample_frames`).
     """
 
     video_id: str
@@ -147,6 +147,7 @@ class Calibration:
     field_scale: float = 1.0
     field_scale_spread: float = 0.0
     video_format: dict = field(default_factory=dict)
+    sampling: str = ""
     version: str = CALIBRATION_VERSION
 
     def to_json(self) -> str:
@@ -584,14 +585,6 @@ def calibrate_frames(
     )
 
 
-def sample_timestamps(timestamps: np.ndarray, count: int) -> np.ndarray:
-    """`count` timestamps [≤count] int64 spread evenly over `timestamps` (sorted, unique)."""
-    timestamps = np.unique(np.asarray(timestamps, np.int64))
-    if timestamps.size <= count:
-        return timestamps
-    return timestamps[np.round(np.linspace(0, timestamps.size - 1, count)).astype(int)]
-
-
 def calibration_uri(output_uri: str, video_id: str) -> str:
     """Where a video's calibration is stored: `OUTPUT/calibration/<video_id>.json`."""
     return fs.join(output_uri, "calibration", f"{video_id}.json")
@@ -600,13 +593,16 @@ def calibration_uri(output_uri: str, video_id: str) -> str:
 def calibrate_video(
     video_uri: str,
     video_id: str,
-    timestamps: np.ndarray,
     output_uri: str | None = None,
     config: CalibrationConfig | None = None,
     fmt: StereoFormat | None = None,
+    tally: DecodeCount | None = None,
 ) -> Calibration:
-    """Calibration of a video packed as `fmt`, from `config.frames` of its `timestamps` (µs,
-    e.g. its clips').
+    """Calibration of a video packed as `fmt`, from `config.frames` grey frames spread over the
+    whole video (`io.video.sample_frames`: its keyframes, each decoded on its own, so the
+    calibration is known before the video's one sequential pass starts and every clip is
+    rectified with it; many scenes pin the rig better than one shot). Decodes are counted in
+    `tally`.
 
     With `output_uri`, a stored `calibration/<video_id>.json` of the same format is reused,
     else written.
@@ -620,10 +616,9 @@ def calibrate_video(
             StereoFormat.from_json_dict(stored.video_format) == fmt
         ):
             return stored
-    wanted = sample_timestamps(timestamps, config.frames)
-    # kept grey: a third of the memory (36 RGB frames of a 5760×2880 video are 1.8 GB)
-    frames = [as_grey(f) for f in decode_frames_at(video_uri, wanted, video_id, STAGE)]
+    frames, sampling = sample_frames(video_uri, config.frames, video_id, STAGE, tally)
     calibration = calibrate_frames(frames, video_id, config, fmt)
+    calibration.sampling = sampling
     if target:
         fs.write_bytes(target, calibration.to_json().encode())
     return calibration

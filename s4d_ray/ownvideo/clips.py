@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 
 import av
 import cv2
@@ -32,7 +31,7 @@ import numpy as np
 from s4d_ray.errors import StageError, VideoError
 from s4d_ray.geometry.vr180 import split_eyes
 from s4d_ray.io.stereo_format import StereoFormat
-from s4d_ray.io.video import MAX_TIMESTAMP_US, open_video_stream
+from s4d_ray.io.video import DecodeCount, checked_time_us, open_video_stream
 
 STAGE = "clips"
 
@@ -124,34 +123,16 @@ class FrameRateFilter:
         return True
 
 
-def _checked_time(frame: av.VideoFrame, base: Fraction, previous: int | None, where: str) -> int:
-    """The frame's time in µs, refusing what would make clip timestamps lie: no time at all
-    (a raw elementary stream), a negative or over-15-digit time (the clip id's field), or a
-    time not after the previous frame's (duplicate or reordered presentation times)."""
-    if frame.pts is None:
-        raise ValueError(
-            f"{where} has no presentation time (a raw stream?): remux it into MP4 or Matroska"
-        )
-    time_us = int(round(float(frame.pts * base) * 1_000_000))
-    if not 0 <= time_us <= MAX_TIMESTAMP_US:
-        raise ValueError(
-            f"{where} is at {time_us} µs, outside [0, {MAX_TIMESTAMP_US}] (a negative start "
-            "offset? remux with `ffmpeg -i IN -c copy -avoid_negative_ts make_zero OUT`)"
-        )
-    if previous is not None and time_us <= previous:
-        raise ValueError(
-            f"{where} is at {time_us} µs, not after the previous frame's {previous} µs "
-            "(duplicate or out-of-order frame times)"
-        )
-    return time_us
-
-
 def iter_video_frames(
-    uri: str, video_id: str = "", stage: str = STAGE, max_fps: float = 0.0
+    uri: str,
+    video_id: str = "",
+    stage: str = STAGE,
+    max_fps: float = 0.0,
+    tally: DecodeCount | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (timestamp µs, RGB frame [H,W,3] uint8) for every frame of `uri`, in order, or at
     most `max_fps` of them per second (0: all; `FrameRateFilter`, chosen before the RGB
-    conversion).
+    conversion); frames decoded and converted are counted in `tally`.
 
     Refused with a VideoError naming the file: frames without times, times that are negative,
     longer than 15 digits or not increasing, a frame size that changes mid-stream, and a
@@ -175,8 +156,12 @@ def iter_video_frames(
                         f"{uri!r} asks players to rotate it by {frame.rotation}°: a rotated "
                         "VR180 video is not side-by-side as stored; re-encode it upright"
                     )
-                previous = _checked_time(frame, base, previous, where)
+                if tally is not None:
+                    tally.decoded += 1
+                previous = checked_time_us(frame, base, previous, where)
                 if rate is None or rate.keep(previous):
+                    if tally is not None:
+                        tally.rgb += 1
                     yield previous, frame.to_ndarray(format="rgb24")
         except av.FFmpegError as e:
             raise VideoError(label, stage, f"corrupt video {uri!r}: {e}") from e
@@ -184,10 +169,9 @@ def iter_video_frames(
             raise VideoError(label, stage, str(e)) from None
 
 
-def _left_grey(frame: np.ndarray, size: int, fmt: StereoFormat) -> np.ndarray:
-    left = split_eyes(frame, fmt)[0]
-    grey = cv2.cvtColor(left, cv2.COLOR_RGB2GRAY)
-    return cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA)
+def left_grey(grey: np.ndarray, size: int, fmt: StereoFormat) -> np.ndarray:
+    """The left eye of a grey stereo frame [H,W] packed as `fmt`, downscaled to size²."""
+    return cv2.resize(split_eyes(grey, fmt)[0], (size, size), interpolation=cv2.INTER_AREA)
 
 
 def track_survival(previous: np.ndarray, current: np.ndarray, corners: int) -> tuple[int, float]:
@@ -209,28 +193,127 @@ def track_survival(previous: np.ndarray, current: np.ndarray, corners: int) -> t
     return int(ok.sum()), float(ok.mean())
 
 
+class FrameMeter:
+    """Measures each frame against the one before (grey left eyes at `analysis_size`): mean
+    absolute difference, and corners tracked in (count, fraction); the first frame gets
+    (0, `corners`, 1)."""
+
+    def __init__(self, config: ClipConfig) -> None:
+        self.config = config
+        self.previous: np.ndarray | None = None
+
+    def measure(self, grey: np.ndarray) -> tuple[float, int, float]:
+        if self.previous is None:
+            measured = (0.0, self.config.corners, 1.0)
+        else:
+            count, fraction = track_survival(self.previous, grey, self.config.corners)
+            measured = (float(np.mean(cv2.absdiff(grey, self.previous))), count, fraction)
+        self.previous = grey
+        return measured
+
+
+class FrameJudge:
+    """Says of each frame, from its measurements and the recent ones only, whether it repeats
+    the previous frame (frozen: skipped, not part of the history), starts a new shot (cut: a
+    difference far above the recent level) or breaks tracking (broken)."""
+
+    def __init__(self, config: ClipConfig) -> None:
+        self.config = config
+        self.recent: list[float] = []
+        self.first = True
+
+    def judge(self, difference: float, tracked: int, survival: float) -> tuple[bool, bool, bool]:
+        """(frozen, cut, broken) of the next frame."""
+        config = self.config
+        if self.first:
+            self.first = False
+            return False, False, False
+        if difference < config.frozen_difference:
+            return True, False, False
+        level = float(np.median(self.recent)) if self.recent else 0.0
+        cut = difference > max(config.cut_ratio * level, config.cut_min_difference)
+        broken = not cut and (survival < config.min_survival or tracked < config.min_tracked)
+        self.recent = [] if cut else (self.recent + [difference])[-config.history :]
+        return False, cut, broken
+
+
+class ClipCutter:
+    """Cuts clips while the frames arrive, so a clip can be worked on as soon as it is cut.
+
+    Frames are fed in order with their measurements (`FrameMeter`); frozen frames are
+    skipped, a cut or a tracking break closes the open run of frames, and a run that reaches
+    max_clip_frames + min_clip_frames gives up its first max_clip_frames as a clip (the rest
+    can still make one). A closed run of at most max_clip_frames is one clip; a longer one
+    (< max + min) two near-equal clips when both reach min_clip_frames, else its first
+    max_clip_frames. Runs shorter than min_clip_frames are dropped. The open run never holds
+    more than max + min frames: what a caller keeping each frame's views must buffer."""
+
+    def __init__(self, config: ClipConfig) -> None:
+        self.config = config
+        self.judge = FrameJudge(config)
+        self.run: list[tuple[int, int]] = []  # (frame index, timestamp µs) of the open run
+
+    @property
+    def open_indices(self) -> list[int]:
+        """Frame indices of the open run (not yet part of a clip)."""
+        return [index for index, _ in self.run]
+
+    def push(
+        self, index: int, time_us: int, difference: float, tracked: int, survival: float
+    ) -> tuple[bool, list[ClipSpan]]:
+        """Feed frame `index` (its time µs and measurements): (frozen, clips closed by it)."""
+        frozen, cut, broken = self.judge.judge(difference, tracked, survival)
+        if frozen:
+            return True, []
+        closed = self.finish() if (cut or broken) else []
+        self.run.append((index, time_us))
+        config = self.config
+        if len(self.run) >= config.max_clip_frames + config.min_clip_frames:
+            closed.append(self._span(self.run[: config.max_clip_frames]))
+            self.run = self.run[config.max_clip_frames :]
+        return False, closed
+
+    def finish(self) -> list[ClipSpan]:
+        """Close the open run (at a cut, a break or the video's end): its clips."""
+        run, self.run = self.run, []
+        config = self.config
+        if len(run) < config.min_clip_frames:
+            return []
+        if len(run) <= config.max_clip_frames:
+            return [self._span(run)]
+        half = len(run) // 2
+        if half >= config.min_clip_frames:
+            return [self._span(run[:half]), self._span(run[half:])]
+        return [self._span(run[: config.max_clip_frames])]
+
+    @staticmethod
+    def _span(run: list[tuple[int, int]]) -> ClipSpan:
+        indices, times = zip(*run, strict=True)
+        return ClipSpan(np.asarray(indices, np.int64), np.asarray(times, np.int64))
+
+
 def scan_frames(
     frames: Iterator[tuple[int, np.ndarray]], config: ClipConfig, fmt: StereoFormat | None = None
 ) -> FrameScan:
     """Measure frame differences and track survival of the left eye over (timestamp µs, RGB
     stereo frame packed as `fmt`, default side-by-side) pairs."""
     fmt = fmt or StereoFormat()
-    times, diffs, tracked, survival = [], [], [], []
-    previous = None
+    meter = FrameMeter(config)
+    times, measured = [], []
     frame_hw = (0, 0)
     for time_us, frame in frames:
         frame_hw = frame.shape[:2]
-        grey = _left_grey(frame, config.analysis_size, fmt)
-        if previous is None:
-            diffs.append(0.0)
-            count, fraction = config.corners, 1.0
-        else:
-            diffs.append(float(np.mean(cv2.absdiff(grey, previous))))
-            count, fraction = track_survival(previous, grey, config.corners)
+        grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        measured.append(meter.measure(left_grey(grey, config.analysis_size, fmt)))
         times.append(time_us)
-        tracked.append(count)
-        survival.append(fraction)
-        previous = grey
+    return scan_of(times, measured, frame_hw)
+
+
+def scan_of(
+    times: list[int], measured: list[tuple[float, int, float]], frame_hw: tuple[int, int]
+) -> FrameScan:
+    """A FrameScan from per-frame times µs and `FrameMeter` measurements."""
+    diffs, tracked, survival = zip(*measured, strict=True) if measured else ((), (), ())
     return FrameScan(
         timestamps=np.asarray(times, np.int64),
         difference=np.asarray(diffs, np.float64),
@@ -245,57 +328,36 @@ def scan_video(
 ) -> FrameScan:
     """One sequential pass over the video at `uri` (any fsspec URI), at most `config.fps`
     frames per second (`DEFAULT_MAX_FPS` when 0)."""
-    frames = iter_video_frames(uri, video_id, max_fps=config.fps or DEFAULT_MAX_FPS)
+    frames = iter_video_frames(uri, video_id, max_fps=kept_fps(config))
     return scan_frames(frames, config, fmt)
+
+
+def kept_fps(config: ClipConfig) -> float:
+    """Frames per second kept at most (`config.fps`, or `DEFAULT_MAX_FPS` when 0)."""
+    return config.fps or DEFAULT_MAX_FPS
 
 
 def frame_flags(scan: FrameScan, config: ClipConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(frozen [F], cut [F], broken [F]) bool: repeats, shot cuts, tracking breaks at each frame."""
-    n = scan.timestamps.size
-    frozen = np.zeros(n, bool)
-    cut = np.zeros(n, bool)
-    broken = np.zeros(n, bool)
-    recent: list[float] = []
-    for t in range(1, n):
-        d = scan.difference[t]
-        if d < config.frozen_difference:
-            frozen[t] = True  # a repeat: skipped, not a break, and not part of the history
-            continue
-        level = float(np.median(recent)) if recent else 0.0
-        cut[t] = d > max(config.cut_ratio * level, config.cut_min_difference)
-        broken[t] = not cut[t] and (
-            scan.survival[t] < config.min_survival or scan.tracked[t] < config.min_tracked
-        )
-        recent = [] if cut[t] else (recent + [d])[-config.history :]
+    judge = FrameJudge(config)
+    flags = [
+        judge.judge(float(d), int(n), float(s))
+        for d, n, s in zip(scan.difference, scan.tracked, scan.survival, strict=True)
+    ]
+    if not flags:
+        return np.zeros(0, bool), np.zeros(0, bool), np.zeros(0, bool)
+    frozen, cut, broken = (np.asarray(column, bool) for column in zip(*flags, strict=True))
     return frozen, cut, broken
 
 
-def split_segment(indices: np.ndarray, config: ClipConfig) -> list[np.ndarray]:
-    """Split one unbroken run of frame indices into near-equal pieces of ≤ max_clip_frames."""
-    if indices.size < config.min_clip_frames:
-        return []
-    pieces = -(-indices.size // config.max_clip_frames)
-    return [p for p in np.array_split(indices, pieces) if p.size >= config.min_clip_frames]
-
-
 def split_clips(scan: FrameScan, config: ClipConfig) -> list[ClipSpan]:
-    """Clips of the scanned video (possibly none): frozen frames skipped, cut at cuts/breaks."""
-    frozen, cut, broken = frame_flags(scan, config)
-    segments: list[list[int]] = []
-    current: list[int] = []
-    for t in range(scan.timestamps.size):
-        if frozen[t]:
-            continue
-        if cut[t] or broken[t]:
-            segments.append(current)
-            current = []
-        current.append(t)
-    segments.append(current)
-    clips = []
-    for segment in segments:
-        for piece in split_segment(np.asarray(segment, np.int64), config):
-            clips.append(ClipSpan(frame_indices=piece, timestamps=scan.timestamps[piece]))
-    return clips
+    """Clips of the scanned video (possibly none), cut as `ClipCutter` cuts them."""
+    cutter = ClipCutter(config)
+    clips: list[ClipSpan] = []
+    for t, time_us in enumerate(scan.timestamps):
+        measured = (float(scan.difference[t]), int(scan.tracked[t]), float(scan.survival[t]))
+        clips += cutter.push(t, int(time_us), *measured)[1]
+    return clips + cutter.finish()
 
 
 def no_clip_reason(scan: FrameScan, config: ClipConfig) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import struct
 from fractions import Fraction
 from pathlib import Path
@@ -12,6 +13,19 @@ import numpy as np
 
 from s4d_ray.io.video import write_video
 from s4d_ray.ownvideo.clips import iter_video_frames
+
+
+def one_synthetic_video(tmp_path: Path, frames: int, seed: int) -> tuple[Path, Path]:
+    """(a folder holding one synthetic 512-line video of `frames` frames, that video): what a
+    user's own-video folder looks like (no npz beside it)."""
+    from s4d_ray.synthetic.synth import SynthConfig, synth_clip
+
+    config = SynthConfig(clips=1, frames=frames, height=512, seed=seed)
+    synth_clip(str(tmp_path / "synth"), config, 0)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    video = next((tmp_path / "synth" / "raw").glob("*.mp4"))
+    return videos, Path(shutil.copy(video, videos / video.name))
 
 
 def make_bad_videos(good_video: str, out_dir: Path, fps: float = 30.0) -> dict[str, str]:

@@ -53,7 +53,10 @@ def _ray_start(args: list[str], env: dict[str, str]) -> None:
 
 
 @pytest.fixture
-def cluster():
+def cluster(request):
+    """A head with 2 CPUs (or `request.param` CPUs: 0 puts every task on the workers) and two
+    worker nodes of 2 CPUs and 2 `s4d_model_node`."""
+    head_cpus = str(getattr(request, "param", 2))
     port, dashboard = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="s4dnodes")
     env = {
@@ -66,7 +69,7 @@ def cluster():
     _ray_start(
         ["--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-         "--num-cpus", "2", "--temp-dir", temp_dir, *_node_ports()],
+         "--num-cpus", head_cpus, "--temp-dir", temp_dir, *_node_ports()],
         env,
     )  # fmt: skip
 
@@ -165,3 +168,53 @@ def test_worker_nodes_killed_mid_job_lose_nothing(cluster, synth_dir, tmp_path):
     summary = json.loads((output / "summary.json").read_text())
     assert summary["clips_failed"] == 0, summary
     assert not [p for p in output.rglob("*") if p.name.startswith(".tmp")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cluster", [0], indirect=True)
+def test_a_node_killed_mid_video_loses_only_the_clips_in_flight(cluster, tmp_path):
+    """An own video's read task runs on a worker node (the head has no CPU); once it has cut
+    its first clips, that node is killed (raylet and workers, SIGKILL) and a replacement
+    joins: Ray runs the read task again elsewhere from the stored cut list, clips posed
+    before the loss are not posed again, and every clip is written exactly once."""
+    from tests.ownvideo_inputs import one_synthetic_video
+
+    videos, video = one_synthetic_video(tmp_path, frames=90, seed=5)
+    output = tmp_path / "out"
+    cuts = output / "ownvideo" / "cuts" / f"{video.stem}.json"
+    posed = output / "ownvideo" / "npz"
+    command = [
+        str(BIN / "ray"), "job", "submit", "--address", cluster["dashboard_url"],
+        "--working-dir", ".", "--runtime-env", "cluster/runtime_env.yaml", "--",
+        "python", "jobs/process_clips.py", "--videos", str(videos), "--output", str(output),
+        "--min-clip-frames", "8", "--max-clip-frames", "12",
+    ]  # fmt: skip
+    job = subprocess.Popen(
+        command, cwd=REPO, env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    deadline, node = time.time() + 600, None
+    while time.time() < deadline and job.poll() is None and node is None:
+        if cuts.exists() and len(json.loads(cuts.read_text())["clips"]) >= 2:
+            readers = subprocess.run(
+                ["pgrep", "-f", "ReadOwnVideos"], capture_output=True, text=True
+            ).stdout.split()
+            parents = {int(Path(f"/proc/{pid}/stat").read_text().split()[3]) for pid in readers}
+            node = next((pid for pid in cluster["workers"] if pid in parents), None)
+        time.sleep(0.05)
+    assert node is not None, "the video's read task was not found on a worker node mid-video"
+    before_loss = {p.name: p.stat().st_mtime_ns for p in posed.glob("*.npz")}
+    _kill_node(node)
+    cluster["join"]()
+    out, _ = job.communicate(timeout=600)
+    assert job.returncode == 0, out[-4000:]
+    outcome = json.loads((output / "ownvideo" / "videos" / f"{video.stem}.json").read_text())
+    clips = sorted(Path(uri).stem for uri in outcome["npz_uris"])
+    assert len(clips) >= 6 and outcome["failures"] == []
+    assert outcome["figures"]["cut_list_reused"] is True  # the rerun started from the cuts
+    assert {n: (posed / n).stat().st_mtime_ns for n in before_loss} == before_loss
+    names = []
+    for shard in sorted((output / "parquet").glob("*.parquet")):
+        names += pq.read_table(shard, columns=["name"]).column("name").to_pylist()
+    assert sorted(names) == clips  # exactly once
+    assert sorted(p.stem for p in (output / "npz").glob("*.npz")) == clips

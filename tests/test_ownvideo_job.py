@@ -13,7 +13,7 @@ import pytest
 
 from s4d_ray.io.clip_io import read_clip
 from s4d_ray.synthetic.synth import SynthConfig, synth_clip
-from tests.ownvideo_inputs import make_bad_videos, make_odd_videos
+from tests.ownvideo_inputs import make_bad_videos, make_odd_videos, one_synthetic_video
 from tests.test_engine import parquet_names, ray_head, submit  # noqa: F401 - the module's own Ray head
 
 pytestmark = pytest.mark.slow
@@ -97,11 +97,7 @@ def test_a_video_task_killed_mid_video_loses_only_its_clip_in_flight(
 
     import psutil
 
-    synth_clip(str(tmp_path / "s"), SynthConfig(clips=1, frames=60, height=512, seed=3), 0)
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    video = next((tmp_path / "s" / "raw").glob("*.mp4"))
-    shutil.copy(video, videos / video.name)
+    videos, video = one_synthetic_video(tmp_path, frames=60, seed=3)
     output = tmp_path / "out"
     posed = output / "ownvideo" / "npz"
     cuts = output / "ownvideo" / "cuts" / f"{video.stem}.json"

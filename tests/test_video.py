@@ -74,3 +74,42 @@ def test_decode_threads_set_ffmpegs_threads_within_a_task(tmp_path):
         assert stream.thread_count == 1  # a fractional task still decodes
     with decode_threads(1):
         assert [frame_number(f) for f in decode_frames_at(path, [0, 80_000])] == [0, 2]
+
+
+def numbered_frames(count: int) -> list[np.ndarray]:
+    """Frame k shows k in binary as 8 black or white 8-px bars (any k < 256, through H.264)."""
+    out = []
+    for k in range(count):
+        image = np.zeros((16, 64, 3), np.uint8)
+        for bit in range(8):
+            image[:, 8 * bit : 8 * bit + 8] = 255 * ((k >> bit) & 1)
+        out.append(image)
+    return out
+
+
+def number_of(grey: np.ndarray) -> int:
+    return sum(int(grey[:, 8 * bit + 4].mean() > 127) << bit for bit in range(8))
+
+
+def test_sample_frames_seeks_keyframes_or_reads_through_holding_at_most_count(tmp_path):
+    """Calibration's samples (`sample_frames`): with a keyframe at least every 10 frames, one
+    decode per sample, spread over the whole video; with one keyframe in 200 frames, one read-through
+    keeping every k-th frame (k from the stream's frame count), never more than `count`."""
+    from s4d_ray.io.video import DecodeCount, sample_frames
+
+    gop10, gop_default = str(tmp_path / "gop10.mp4"), str(tmp_path / "gop250.mp4")
+    write_video(gop10, numbered_frames(200), fps=FPS, keyframe_interval=10)
+    write_video(gop_default, numbered_frames(200), fps=FPS)
+
+    tally = DecodeCount()
+    frames, how = sample_frames(gop10, 12, tally=tally)
+    numbers = [number_of(f) for f in frames]
+    assert how == "keyframes" and tally.decoded == 12 and tally.rgb == 0
+    assert len(numbers) == 12 and numbers == sorted(set(numbers))  # 12 distinct keyframes
+    assert numbers[0] < 20 and numbers[-1] >= 180 and frames[0].ndim == 2
+
+    tally = DecodeCount()
+    frames, how = sample_frames(gop_default, 12, tally=tally)
+    numbers = [number_of(f) for f in frames]
+    assert how == "sequential" and tally.decoded == 12 + 200  # the tries, then one read
+    assert len(frames) == 12 and numbers == list(range(0, 200, 17))[:12]

@@ -256,8 +256,9 @@ def sample_frames(
     the stream's duration, each decoded on its own after a seek (a keyframe needs no other
     frame; a 10-minute video is not decoded through) — or, when those give fewer than
     count // 3 distinct frames (one keyframe every few hundred frames) or the video is short
-    (at most 4 × count frames), "sequential": every k-th frame of one pass, k doubling as the video goes on so at most
-    2 × count frames are ever held. Grey straight from the decoder: no RGB conversion."""
+    (at most 4 × count frames), "sequential": every k-th frame of one read-through, k from
+    the stream's frame count (else doubling as the video goes on), so at most `count` frames
+    (else 2 × count) are held. Grey straight from the decoder: no RGB conversion."""
     tally = tally if tally is not None else DecodeCount()
     with open_video_stream(uri, label, stage) as (container, stream):
         start = stream.start_time or 0
@@ -278,9 +279,11 @@ def sample_frames(
                         frames[frame.pts] = frame.to_ndarray(format="gray")
             if len(frames) >= max(2, count // 3):
                 return [frames[pts] for pts in sorted(frames)], "keyframes"
+            frames.clear()
             container.seek(start, stream=stream, backward=True, any_frame=False)
             kept: list[np.ndarray] = []
-            stride = 1
+            known = stream.frames or int(duration_s * rate)
+            stride = max(1, -(-known // count)) if known else 1
             previous = None
             for index, frame in enumerate(container.decode(stream)):
                 tally.decoded += 1
@@ -290,7 +293,7 @@ def sample_frames(
                 if index % stride:
                     continue
                 kept.append(frame.to_ndarray(format="gray"))
-                if len(kept) >= 2 * count:
+                if len(kept) >= 2 * count:  # more frames than the stream said
                     kept, stride = kept[::2], 2 * stride
         except av.FFmpegError as e:
             raise VideoError(label or uri, stage, f"corrupt video {uri!r}: {e}") from e

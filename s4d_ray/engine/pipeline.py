@@ -55,8 +55,8 @@ node died."""
 class SourcePlan:
     """What a clip source reads this run: a `ray.data.Datasource` whose rows are clips (after
     the source's `stages`, in the decode stage's output schema; None: nothing left to read),
-    its read tasks' count and CPUs,
-    the failures known before reading (reported with the run's) and the stages of its own."""
+    its read tasks' count and CPUs, the failures known before reading (reported with the
+    run's) and the stages of its own."""
 
     datasource: Any | None
     tasks: int

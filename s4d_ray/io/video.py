@@ -158,6 +158,7 @@ def decode_frames_at(
     the video ends before the last timestamp, a frame is missing, or the stream is corrupt.
     """
     wanted = np.asarray(timestamps_us, dtype=np.int64)
+    tally = tally if tally is not None else DecodeCount()
     label = clip_id or uri
     if wanted.size == 0:
         return
@@ -172,8 +173,7 @@ def decode_frames_at(
         last_time = None
         try:
             for frame in container.decode(stream):
-                if tally is not None:
-                    tally.decoded += 1
+                tally.decoded += 1
                 if frame.pts is None:
                     continue
                 time = frame.pts * base  # s, exact
@@ -188,8 +188,7 @@ def decode_frames_at(
                         )
                     if image is None:
                         image = frame.to_ndarray(format="rgb24")
-                        if tally is not None:
-                            tally.rgb += 1
+                        tally.rgb += 1
                     yield image
                     index += 1
                 if index >= wanted.size:

@@ -138,6 +138,7 @@ def iter_video_frames(
     longer than 15 digits or not increasing, a frame size that changes mid-stream, and a
     display rotation (the stereo halves would be turned with the frame)."""
     label = video_id or uri
+    tally = tally if tally is not None else DecodeCount()
     with open_video_stream(uri, label, stage) as (container, stream):
         base = stream.time_base
         size = (stream.width, stream.height)
@@ -156,12 +157,10 @@ def iter_video_frames(
                         f"{uri!r} asks players to rotate it by {frame.rotation}°: a rotated "
                         "VR180 video is not side-by-side as stored; re-encode it upright"
                     )
-                if tally is not None:
-                    tally.decoded += 1
+                tally.decoded += 1
                 previous = checked_time_us(frame, base, previous, where)
                 if rate is None or rate.keep(previous):
-                    if tally is not None:
-                        tally.rgb += 1
+                    tally.rgb += 1
                     yield previous, frame.to_ndarray(format="rgb24")
         except av.FFmpegError as e:
             raise VideoError(label, stage, f"corrupt video {uri!r}: {e}") from e

@@ -143,6 +143,15 @@ def outcome_uri(output_uri: str, video_id: str) -> str:
     return fs.join(output_uri, OWNVIDEO_DIR, "videos", f"{video_id}.json")
 
 
+def stored_outcome(output_uri: str, video_id: str) -> VideoOutcome | None:
+    """The video's outcome file when this version wrote it, else None."""
+    uri = outcome_uri(output_uri, video_id)
+    if not fs.exists(uri):
+        return None
+    outcome = VideoOutcome.from_json(fs.read_bytes(uri).decode())
+    return outcome if outcome.version == PREPARE_VERSION else None
+
+
 def cut_list_uri(output_uri: str, video_id: str) -> str:
     """Where a video's format and cut list are kept: OUTPUT/ownvideo/cuts/<video_id>.json."""
     return fs.join(output_uri, OWNVIDEO_DIR, "cuts", f"{video_id}.json")
@@ -224,17 +233,16 @@ def clip_record(
 
 @dataclass
 class PreparedClip:
-    """A clip of an own video: its release record (cameras, rig, no tracks; the cameras are
-    placeholders while `posed` is False), with a camera its frames in that camera's
-    rectified view (left, right [T,S,S,3] uint8; else None), unposed its wide grey views to
-    pose it from (pose_left, pose_right [T,P,P] uint8; else None), and seconds spent on it
-    (`decode`: decoding, scanning and remapping its frames; `poses`)."""
+    """A clip of an own video: its release record (cameras, rig, no tracks; placeholder
+    cameras while unposed), with a camera its frames in that camera's rectified view (left,
+    right [T,S,S,3] uint8; else None), unposed its wide grey views to pose it from
+    (pose_left, pose_right [T,P,P] uint8; else None), and seconds spent on it (`decode`:
+    decoding, scanning and remapping its frames; `poses`)."""
 
     record: ClipRecord
     left: np.ndarray | None = None
     right: np.ndarray | None = None
     seconds: dict[str, float] = field(default_factory=dict)
-    posed: bool = True
     pose_left: np.ndarray | None = None
     pose_right: np.ndarray | None = None
 
@@ -277,7 +285,7 @@ def _stack(items: list[np.ndarray]) -> np.ndarray:
 
 
 class _Progress:
-    """Per-video progress: a log line every `every_s` seconds and the caller's `report`
+    """Per-video progress: a log line every PROGRESS_LOG_S seconds and the caller's `report`
     (metrics) for frames decoded, clips cut and clips posed."""
 
     def __init__(self, video_id: str, report: Callable[[str, str, int], None] | None) -> None:
@@ -332,9 +340,6 @@ class _ClipPoser:
         self.output_uri, self.figures, self.progress = output_uri, figures, progress
         self.config, self.pose = config, pose
 
-    def clip_id(self, clip: ClipSpan) -> str:
-        return _clip_id(self.video_id, clip)
-
     def write_cut_list(self, clips: list[ClipSpan], complete: bool, frames: int) -> None:
         """Store the clips cut so far (`complete`: the whole video was scanned)."""
         if not self.output_uri:
@@ -343,22 +348,6 @@ class _ClipPoser:
             self.fmt.to_json_dict(), frames, clips, asdict(self.config.clips), complete=complete
         )
         fs.write_bytes(cut_list_uri(self.output_uri, self.video_id), cuts.to_json().encode())
-
-    def template(self, clip_id: str, clip: ClipSpan) -> ClipRecord:
-        """The clip's record before posing (identity cameras)."""
-        extras = {
-            "calibration_vertical_px": np.asarray(self.calibration.median_vertical_px, np.float32),
-            VIDEO_FORMAT_EXTRA: np.asarray(self.fmt.to_json()),
-        }
-        return clip_record(
-            clip_id,
-            self.video_id,
-            clip.timestamps,
-            np.tile(np.eye(4, dtype=np.float32)[:3], (clip.timestamps.size, 1, 1)),
-            self.calibration.rectified2rig,
-            self.calibration.fov_bounds,
-            extras,
-        )
 
     def pose_or_skip(
         self,
@@ -369,7 +358,7 @@ class _ClipPoser:
         """The clip's id when `done`; else the clip (its views from `held`: the views and
         seconds of each of its frames) — posed here when `self.pose`, else with its wide
         views for a later `pose_clip` — or its failure."""
-        clip_id = self.clip_id(clip)
+        clip_id = _clip_id(self.video_id, clip)
         self.progress.add("cut")
         if done(clip_id):
             return clip_id
@@ -378,12 +367,20 @@ class _ClipPoser:
         left, right = (views[2], views[3]) if len(views) == 4 else (None, None)
         try:
             make_clip_id(self.video_id, clip.first_timestamp_us)
-            template = self.template(clip_id, clip)
+            template = unposed_record(
+                clip_id,
+                self.video_id,
+                clip.timestamps,
+                self.calibration.rectified2rig,
+                self.calibration.fov_bounds,
+                self.fmt.to_json(),
+                self.calibration.median_vertical_px,
+            )
         except Exception as error:  # noqa: BLE001 - one bad clip fails alone
             return _failure(clip_id, error, "poses")
         self.figures.setdefault("first_clip_cut_seconds", _since(self.progress.start))
         if not self.pose:
-            return PreparedClip(template, left, right, seconds, False, views[0], views[1])
+            return PreparedClip(template, left, right, seconds, views[0], views[1])
         mark = time.perf_counter()
         try:
             record, reused = pose_clip(template, views[0], views[1], self.config, self.output_uri)
@@ -396,6 +393,26 @@ class _ClipPoser:
         self.figures.setdefault("first_clip_posed_seconds", _since(self.progress.start))
         self.progress.add("posed")
         return PreparedClip(record, left, right, seconds)
+
+
+def unposed_record(
+    clip_id: str,
+    video_id: str,
+    timestamps: np.ndarray,
+    rectified2rig: np.ndarray,
+    fov_bounds: np.ndarray,
+    video_format: str,
+    calibration_vertical_px: float,
+) -> ClipRecord:
+    """A clip's record before posing (`pose_clip`'s template): its frames' times [T] µs, the
+    video's rig [2,3,3] and field, identity cameras, and as extras the format (JSON) and the
+    calibration's median vertical disparity (px)."""
+    extras = {
+        "calibration_vertical_px": np.asarray(calibration_vertical_px, np.float32),
+        VIDEO_FORMAT_EXTRA: np.asarray(video_format),
+    }
+    cameras = np.tile(np.eye(4, dtype=np.float32)[:3], (len(timestamps), 1, 1))
+    return clip_record(clip_id, video_id, timestamps, cameras, rectified2rig, fov_bounds, extras)
 
 
 def _stored_poses(template: ClipRecord, output_uri: str | None) -> ClipRecord | None:
@@ -493,11 +510,14 @@ def prepared_clips(
     except Exception as error:  # noqa: BLE001 - a bad video is a failure row, not a crash
         yield _failure(video_id, error, PROBE_STAGE)
         return
+    pending: list[ClipSpan] | None = None  # with a complete cut list: the clips left to do
     if stored is not None and stored.complete:  # only the clips not done are decoded again
         finished = [_clip_id(video_id, c) for c in stored.clips]
-        todo = [c for c, clip_id in zip(stored.clips, finished, strict=True) if not done(clip_id)]
+        pending = [
+            c for c, clip_id in zip(stored.clips, finished, strict=True) if not done(clip_id)
+        ]
         yield from (clip_id for clip_id in finished if done(clip_id))
-        if not todo:
+        if not pending:
             return
     try:
         calibration = calibrate_video(
@@ -517,13 +537,13 @@ def prepared_clips(
     }
     figures["calibration_ready_seconds"] = _since(progress.start)
     poser = _ClipPoser(video_id, fmt, calibration, config, output_uri, figures, progress, pose)
-    if stored is not None and stored.complete:
-        frames = _frames_of_clips(video_uri, video_id, todo, tally)
+    if pending is not None:
+        frames = _frames_of_clips(video_uri, video_id, pending, tally)
     else:
         frames = iter_video_frames(video_uri, video_id, max_fps=kept_fps(config.clips), tally=tally)
     try:
         yield from _pass(
-            frames, video_id, fmt, calibration, config, camera, stored, done, poser, deadline
+            frames, video_id, fmt, calibration, config, camera, pending, done, poser, deadline
         )
     except Exception as error:  # noqa: BLE001 - the clips already yielded are kept
         yield _failure(video_id, error, CLIPS_STAGE)
@@ -553,15 +573,14 @@ def _pass(
     calibration: Calibration,
     config: OwnVideoConfig,
     camera: RectifiedCamera | None,
-    stored: CutList | None,
+    pending: list[ClipSpan] | None,
     done: Callable[[str], bool],
     poser: _ClipPoser,
     deadline: float | None,
 ) -> Iterator[PreparedClip | PreparedFailure | str]:
     """Frames → clips: each frame scanned and remapped once; a clip cut from the pass (or,
-    with a complete stored cut list, taken from it) is posed and yielded at once."""
-    resumed = stored is not None and stored.complete
-    pending = [c for c in stored.clips if not done(poser.clip_id(c))] if stored and resumed else []
+    given the `pending` clips of a complete stored cut list, the next of those) is posed
+    and yielded at once."""
     meter, cutter = FrameMeter(config.clips), ClipCutter(config.clips)
     held: dict[int, tuple[tuple[np.ndarray, ...], float]] = {}
     views: ClipViews | None = None
@@ -584,7 +603,7 @@ def _pass(
         grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
         poser.progress.video_us = time_us
         poser.progress.add("frames")
-        if resumed:
+        if pending is not None:
             held[index] = (views(frame, grey), time.perf_counter() - mark)
             if len(held) == pending[0].timestamps.size:
                 made = [held[i] for i in sorted(held)]
@@ -604,7 +623,7 @@ def _pass(
         keep = set(cutter.open_indices)
         for index_held in [i for i in held if i not in keep]:
             del held[index_held]
-    if resumed:
+    if pending is not None:
         return
     for clip in cutter.finish():
         cut_clips.append(clip)
@@ -629,11 +648,9 @@ def prepare_video(
     pipeline's view; skipped when its outcome file exists): each good clip written as
     `OUTPUT/ownvideo/npz/<clip_id>.npz` as soon as it is posed; the outcome with the pass's
     figures as `OUTPUT/ownvideo/videos/<video_id>.json`."""
-    done_uri = outcome_uri(output_uri, video_id)
-    if fs.exists(done_uri):
-        stored = VideoOutcome.from_json(fs.read_bytes(done_uri).decode())
-        if stored.version == PREPARE_VERSION:
-            return stored
+    stored = stored_outcome(output_uri, video_id)
+    if stored is not None:
+        return stored
     outcome = VideoOutcome(video_id=video_id)
     folder = prepared_npz_folder(output_uri)
     written = {npz_stem(uri) for uri in fs.list_files(fs.join(folder, f"{video_id}_*.npz"))}
@@ -649,7 +666,7 @@ def prepare_video(
             kept += 1
         outcome.npz_uris.append(fs.join(folder, f"{_name_of(item)}.npz"))
     outcome.figures["clips_kept_from_earlier_run"] = kept
-    fs.write_bytes(done_uri, outcome.to_json().encode())
+    fs.write_bytes(outcome_uri(output_uri, video_id), outcome.to_json().encode())
     log.info(
         "own video %s: %d clips prepared, %d failures",
         video_id,

@@ -42,17 +42,17 @@ from s4d_ray.io.video_lookup import VIDEO_FORMAT_EXTRA, VIDEO_SUFFIXES
 from s4d_ray.io.writer import ClipFailure
 from s4d_ray.ownvideo.prepare import (
     POSE_EXTRAS,
-    PREPARE_VERSION,
     OwnVideoConfig,
     PreparedClip,
     PreparedFailure,
     VideoOutcome,
-    clip_record,
     list_videos,
     outcome_uri,
     pose_clip,
     prepared_clips,
     prepared_npz_folder,
+    stored_outcome,
+    unposed_record,
 )
 
 log = logging.getLogger("s4d_ray.ownvideo.source")
@@ -80,15 +80,6 @@ def plan_videos(
             todo.append((video_id, uri))
     log.info("%d own videos to read, %d finished earlier", len(todo), len(listed) - len(todo))
     return todo, failures
-
-
-def stored_outcome(output: str, video_id: str) -> VideoOutcome | None:
-    """The video's outcome file when this version wrote it, else None."""
-    uri = outcome_uri(output, video_id)
-    if not fs.exists(uri):
-        return None
-    outcome = VideoOutcome.from_json(fs.read_bytes(uri).decode())
-    return outcome if outcome.version == PREPARE_VERSION else None
 
 
 def as_clip_failure(failure: PreparedFailure) -> ClipFailure:
@@ -123,20 +114,14 @@ def pose_row(row: Row, job: Job, own: OwnVideoConfig) -> Row:
     """The `poses` stage: the clip's trajectory from its wide grey views (`prepare.pose_clip`:
     poses an earlier run wrote for the same frames and rig are reused), its prepared npz
     written, `camera2world` [T,3,4] set; the pose figures in its metadata."""
-    metadata = json.loads(row["metadata"])
-    extras = {
-        "calibration_vertical_px": np.asarray(metadata["calibration_vertical_px"], np.float32),
-        VIDEO_FORMAT_EXTRA: np.asarray(row["video_format"]),
-    }
-    timestamps = row["timestamps"]
-    template = clip_record(
+    template = unposed_record(
         str(row["clip_id"]),
         str(row["video_id"]),
-        timestamps,
-        np.tile(np.eye(4, dtype=np.float32)[:3], (len(timestamps), 1, 1)),
+        row["timestamps"],
         row["rectified2rig"],
         row["fov_bounds"],
-        extras,
+        str(row["video_format"]),
+        json.loads(row["metadata"])["calibration_vertical_px"],
     )
     record, reused = pose_clip(template, row["pose_left"], row["pose_right"], own, job.output)
     row["camera2world"] = record.camera2world.astype(np.float32)

@@ -274,12 +274,12 @@ def noisy_stereo_tracks(seed: int, frames: int, num_points: int, noise_px: tuple
 
 
 def test_points_pruned_in_the_last_round_leave_consistent_figures() -> None:
-    """Points whose residuals straddle inlier_px are dropped in every pruning round; the
+    """Points whose residuals straddle prune_px are dropped in every pruning round; the
     figures after the last round were once computed on the previous round's problem, whose
     observations index removed points (IndexError: index 107 is out of bounds ... 107)."""
     tracks, k = noisy_stereo_tracks(seed=0, frames=8, num_points=400, noise_px=(0.05, 0.3))
     config = PoseConfig(
-        inlier_px=0.1, min_points=10, min_frame_inliers=3, max_rms_px=5, min_inlier_fraction=0
+        prune_px=0.1, min_points=10, min_frame_inliers=3, max_rms_px=5, min_inlier_fraction=0
     )
     result = poses_from_tracks(tracks, 8, k, "noisy_0", config)
     assert len(result.iterations) == 3  # pruned after the first and the second solve

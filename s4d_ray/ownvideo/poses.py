@@ -8,8 +8,8 @@ World = the first frame's rectified left camera; metres (the 0.063 m baseline se
    0.5–0.8 px from its point over 15–40 frames on synthetic streets, and far points' tracks,
    which alone carry little parallax, bent the trajectory (1.2–1.5 % of scale with the true
    rig); a track whose refinement fails ends. Topped up with new corners as tracks end (no
-   dense grid: a few thousand points pin six numbers per frame). With segmentation labels, points on ADE20K
-   classes that move (people, vehicles, animals) are never used, nor sky.
+   dense grid: a few thousand points pin six numbers per frame). With segmentation labels,
+   points on ADE20K classes that move (people, vehicles, animals) are never used, nor sky.
 2. Stereo: each tracked point is matched into the right eye (LK, forward-backward, |Δy| ≤ 1 px
    on a rectified pair) — disparity, hence metric depth f·b/d, at sub-pixel precision.
 3. Initialisation: frame by frame, PnP-RANSAC (`cv2.solvePnPRansac`) of the tracks' 3D points
@@ -78,14 +78,14 @@ class PoseConfig:
     stereo_floor_px (noise around zero disparity included: cutting it would bias far points
     near, i.e. the scale low); pnp_threshold_px: RANSAC reprojection tolerance; max_points: points in
     the bundle adjustment (longest tracks first); huber_px: robust loss scale; prune_px: a
-    point whose median residual after a solve is over this is dropped as moving before the next
-    (with anchored tracks static points' medians are ~0.25 px; at 2 px, a street whose movers
-    fill 64 % of the view kept 36 mover points and was 1.9 % off in scale); inlier_px: a
-    residual under this counts as an inlier (trust figures); anchor_max_px: a track whose
-    refinement against its first frame moves it more than this from the frame-to-frame
-    estimate ends; max_disparity_error_px: a stereo match the
-    solved points and poses miss by more than this is dropped before the next solve (its
-    left observation kept); min_points / min_frame_inliers / max_rms_px /
+    point whose median residual after a solve is over this is dropped as moving before the
+    next (static points' medians are ~0.25 px once tracks are refined against their first
+    frame; at 2 px, a street whose movers fill 64 % of the view kept 36 mover points and was
+    1.9 % off in scale); inlier_px: a residual under this counts as an inlier (trust figures);
+    anchor_max_px: a track whose refinement against its first frame moves it more than this
+    from the frame-to-frame estimate ends; max_disparity_error_px: a stereo match the solved
+    points and poses miss by more than this is dropped before the next solve (its left
+    observation kept); min_points / min_frame_inliers / max_rms_px /
     min_inlier_fraction: trust thresholds; solve_right_eye: also solve the right eye's residual
     rotation; right_eye_prior_deg: its prior width.
     """
